@@ -1,0 +1,59 @@
+//! The `operator` capability: approvals (`confirm`, and the runner's
+//! approval of mutating steps, which take the same path) and notifications.
+//!
+//! Who answers is an injected [`Approver`]: an interactive prompt on a TTY,
+//! `--yes`, a refusal when nobody can answer (never a hang), or a script from
+//! a test fixture. Every answer is audited with who gave it.
+
+pub mod approver;
+pub mod mock;
+
+pub use approver::{Approval, ApprovalRequest, Approver, AutoApprove, RefuseApprover, ScriptedApprover, TtyApprover};
+
+use async_trait::async_trait;
+
+use crate::bindings::CapError;
+use crate::bindings::operator::Host;
+use crate::instance::PluginCtx;
+use crate::policy::Op;
+
+/// Notification channels behind `operator.notify`.
+#[async_trait]
+pub trait NotifyBackend: Send + Sync {
+    /// Posts `message` to `channel`.
+    async fn notify(&self, channel: &str, message: &str) -> Result<(), CapError>;
+}
+
+#[async_trait]
+impl NotifyBackend for super::Unavailable {
+    async fn notify(&self, _: &str, _: &str) -> Result<(), CapError> {
+        Err(self.err("notify"))
+    }
+}
+
+impl Host for PluginCtx {
+    async fn confirm(&mut self, question: String) -> wasmtime::Result<Result<bool, CapError>> {
+        let Some(gate) = self.gate_handle() else {
+            return Ok(Err(crate::instance::no_capabilities()));
+        };
+        let step = self.step_id().to_owned();
+        let ask = async {
+            let answer = gate
+                .approve(ApprovalRequest {
+                    step: step.clone(),
+                    kind: approver::ApprovalKind::Confirm,
+                    question: question.clone(),
+                })
+                .await;
+            answer.map(|a| a.approved)
+        };
+        self.call(Op::OperatorConfirm { question: &question }, ask, None).await
+    }
+
+    async fn notify(&mut self, channel: String, message: String) -> wasmtime::Result<Result<(), CapError>> {
+        let b = self.caps().notify.clone();
+        let op = Op::OperatorNotify { channel: &channel, message: &message };
+        let dry = async { Ok(()) };
+        self.call(op, b.notify(&channel, &message), Some(Box::pin(dry))).await
+    }
+}

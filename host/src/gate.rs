@@ -1,0 +1,378 @@
+//! The gate: the one path every capability call takes.
+//!
+//! ```text
+//! policy check -> audit intent (fsynced before a mutation) -> dry-run
+//! interception -> per-call timeout -> backend -> audit outcome
+//! ```
+//!
+//! Architecture invariant: no capability reaches a backend except through
+//! [`Gate::call`]; the host implementations in [`crate::capability`] only
+//! build an [`Op`] and two futures (the real call, and for mutations the
+//! dry-run simulation). A denied call never polls either future.
+//!
+//! The gate does not retry (retries belong to backends, inside the budget)
+//! and does not time out a step (the runner does): it bounds each call by
+//! the per-call timeout and by what is left of the step's budget.
+//!
+//! An audit write that fails is a trap, not a `cap-error`: nothing may
+//! happen that the audit trail does not show.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use serde_json::{Value, json};
+
+use crate::audit::{AuditError, AuditWriter, Event, EventKind};
+use crate::bindings::CapError;
+use crate::bindings::log::Level;
+use crate::capability::Capabilities;
+use crate::capability::operator::{Approval, ApprovalRequest};
+use crate::fixture::lock;
+use crate::policy::{Effect, Grants, Op};
+use crate::runner::RunObserver;
+
+/// A boxed future yielding a capability result (the dry-run simulation).
+pub type SimFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, CapError>> + Send + 'a>>;
+
+/// Which step a call belongs to, and when that step's time box closes.
+#[derive(Debug, Clone)]
+pub struct StepScope {
+    /// Step id.
+    pub step: String,
+    /// The step's deadline.
+    pub deadline: tokio::time::Instant,
+}
+
+impl StepScope {
+    /// Time left in the step (zero once past the deadline).
+    pub fn remaining(&self) -> Duration {
+        self.deadline
+            .saturating_duration_since(tokio::time::Instant::now())
+    }
+}
+
+/// How a call ended, as recorded for reports and `drhost test`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum CallStatus {
+    /// The backend answered with a value.
+    Ok,
+    /// The backend (or the timeout) answered with this cap-error kind.
+    Error(String),
+    /// The policy refused it; no backend saw it.
+    Denied,
+    /// A mutation simulated because of `--dry-run`.
+    DryRun,
+}
+
+impl CallStatus {
+    /// Short name (`ok`, `denied`, `dry-run`, or the error kind).
+    pub fn as_str(&self) -> &str {
+        match self {
+            CallStatus::Ok => "ok",
+            CallStatus::Error(kind) => kind,
+            CallStatus::Denied => "denied",
+            CallStatus::DryRun => "dry-run",
+        }
+    }
+}
+
+/// One capability call, for the run report and fixture expectations.
+#[derive(Debug, Clone, Serialize)]
+pub struct CallRecord {
+    /// Step it was made in.
+    pub step: String,
+    /// `capability.operation`.
+    pub op: String,
+    /// Read, mutate or internal.
+    pub effect: Effect,
+    /// Arguments as audited.
+    pub args: Value,
+    /// How it ended.
+    pub status: CallStatus,
+    /// Error or denial message, empty when ok.
+    pub detail: String,
+    /// Time spent, including policy and audit.
+    pub duration: Duration,
+}
+
+impl CallRecord {
+    /// `k8s.scale namespace=prod name=backend replicas=0 => ok`: the form
+    /// fixture expectations match against.
+    pub fn render(&self) -> String {
+        let mut s = self.op.clone();
+        if let Value::Object(map) = &self.args {
+            for (k, v) in map {
+                let v = match v {
+                    Value::String(s) => s.clone(),
+                    Value::Null => "none".into(),
+                    other => other.to_string(),
+                };
+                s.push(' ');
+                s.push_str(k);
+                s.push('=');
+                s.push_str(&v);
+            }
+        }
+        s.push_str(" => ");
+        s.push_str(self.status.as_str());
+        s
+    }
+}
+
+/// Settings for a gate.
+pub struct GateConfig {
+    /// The runbook's grants.
+    pub grants: Grants,
+    /// The backends.
+    pub caps: Capabilities,
+    /// Simulate mutations instead of performing them.
+    pub dry_run: bool,
+    /// Per-call timeout.
+    pub call_timeout: Duration,
+    /// Where progress and plugin logs go.
+    pub observer: Arc<dyn RunObserver>,
+}
+
+/// The gate of one run. Shared by every instance of the run.
+pub struct Gate {
+    grants: Grants,
+    caps: Capabilities,
+    dry_run: bool,
+    call_timeout: Duration,
+    observer: Arc<dyn RunObserver>,
+    audit: Mutex<AuditWriter>,
+    calls: Mutex<Vec<CallRecord>>,
+}
+
+fn trap(e: AuditError) -> wasmtime::Error {
+    wasmtime::Error::msg(format!(
+        "audit log write failed, stopping: {e} (nothing is done that the audit trail does not show)"
+    ))
+}
+
+impl Gate {
+    /// A gate writing to `audit`.
+    pub fn new(config: GateConfig, audit: AuditWriter) -> Gate {
+        Gate {
+            grants: config.grants,
+            caps: config.caps,
+            dry_run: config.dry_run,
+            call_timeout: config.call_timeout,
+            observer: config.observer,
+            audit: Mutex::new(audit),
+            calls: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// The backends.
+    pub fn caps(&self) -> &Capabilities {
+        &self.caps
+    }
+
+    /// Whether mutations are simulated.
+    pub fn dry_run(&self) -> bool {
+        self.dry_run
+    }
+
+    /// The observer (console progress).
+    pub fn observer(&self) -> &Arc<dyn RunObserver> {
+        &self.observer
+    }
+
+    /// Every call made so far, in order.
+    pub fn calls(&self) -> Vec<CallRecord> {
+        lock(&self.calls).clone()
+    }
+
+    /// Appends an audit record (buffered).
+    ///
+    /// # Errors
+    /// The audit log cannot be written.
+    pub fn record(&self, event: Event) -> Result<u64, AuditError> {
+        lock(&self.audit).append(event)
+    }
+
+    /// Appends an audit record and fsyncs it.
+    ///
+    /// # Errors
+    /// The audit log cannot be written or synced.
+    pub fn record_durable(&self, event: Event) -> Result<u64, AuditError> {
+        lock(&self.audit).append_durable(event)
+    }
+
+    /// Path of the audit log.
+    pub fn audit_path(&self) -> std::path::PathBuf {
+        lock(&self.audit).path().to_owned()
+    }
+
+    /// Sets the plugin identity recorded from now on.
+    pub fn set_plugin(&self, plugin: crate::audit::PluginIdentity) {
+        lock(&self.audit).set_plugin(plugin);
+    }
+
+    /// Asks the operator (step approvals and `operator.confirm`) and audits
+    /// the answer durably, with who gave it.
+    ///
+    /// # Errors
+    /// The answer could not be audited; it must then be treated as a no.
+    pub async fn approve(&self, request: ApprovalRequest) -> Result<Approval, CapError> {
+        let answer = self.caps.approver.ask(&request).await;
+        let event = Event::new(EventKind::Approval)
+            .step(request.step.clone())
+            .call("operator", "approval")
+            .args(json!({ "kind": request.kind, "question": request.question }))
+            .outcome(json!({ "approved": answer.approved, "by": answer.by }));
+        self.record_durable(event).map_err(|e| {
+            CapError::Failed(format!("cannot record the approval in the audit log: {e}"))
+        })?;
+        self.observer.approval(&request, &answer);
+        Ok(answer)
+    }
+
+    /// A plugin log message: to the observer and the audit log.
+    ///
+    /// # Errors
+    /// A trap if the audit log cannot be written.
+    pub fn plugin_log(&self, step: &str, level: Level, message: &str) -> wasmtime::Result<()> {
+        self.observer.plugin_log(step, level.as_str(), message);
+        let event = Event::new(EventKind::Note)
+            .step(step)
+            .call("log", level.as_str())
+            .message(message);
+        self.record(event).map_err(trap)?;
+        Ok(())
+    }
+
+    /// Runs one capability call through policy, audit, dry-run and timeout.
+    ///
+    /// `real` is polled only if the policy allows the call and it is not a
+    /// dry-run mutation; `dry` (required for mutations) only in dry runs.
+    ///
+    /// # Errors
+    /// The outer `Err` is a trap: the audit log failed, or a mutation has no
+    /// dry-run simulation (a host bug). Guest-visible failures are the inner
+    /// `Err(CapError)`.
+    pub async fn call<T: Serialize>(
+        &self,
+        scope: &StepScope,
+        op: Op<'_>,
+        real: impl Future<Output = Result<T, CapError>>,
+        dry: Option<SimFuture<'_, T>>,
+    ) -> wasmtime::Result<Result<T, CapError>> {
+        let started = Instant::now();
+        let class = op.class();
+        let args = op.args_json();
+        let base = || {
+            Event::new(EventKind::CallIntent)
+                .step(scope.step.clone())
+                .call(class.capability, class.operation)
+        };
+
+        if let Err(reason) = self.grants.check(&op) {
+            let event = Event {
+                kind: EventKind::Denial,
+                ..base()
+            }
+            .args(args.clone())
+            .message(reason.clone());
+            self.record_durable(event).map_err(trap)?;
+            self.finish(scope, &class, args, CallStatus::Denied, reason.clone(), started);
+            return Ok(Err(CapError::Denied(reason)));
+        }
+
+        let intent = base().args(args.clone());
+        let mutates = class.effect == Effect::Mutate;
+        if mutates {
+            self.record_durable(intent).map_err(trap)?;
+        } else {
+            self.record(intent).map_err(trap)?;
+        }
+
+        if mutates && self.dry_run {
+            let Some(dry) = dry else {
+                return Err(wasmtime::Error::msg(format!(
+                    "host bug: {}.{} mutates but has no dry-run simulation",
+                    class.capability, class.operation
+                )));
+            };
+            let simulated = dry.await;
+            let outcome = match &simulated {
+                Ok(v) => json!({ "dry_run": true, "simulated": v }),
+                Err(e) => json!({ "dry_run": true, "error": { "kind": e.kind(), "message": e.message() } }),
+            };
+            let event = Event {
+                kind: EventKind::CallOutcome,
+                ..base()
+            }
+            .outcome(outcome)
+            .duration(started.elapsed())
+            .message("dry run: not performed");
+            self.record_durable(event).map_err(trap)?;
+            self.finish(scope, &class, args, CallStatus::DryRun, String::new(), started);
+            return Ok(simulated);
+        }
+
+        let limit = self.call_timeout.min(scope.remaining());
+        let result = match tokio::time::timeout(limit, real).await {
+            Ok(r) => r,
+            Err(_) => Err(CapError::TimedOut(format!(
+                "{}.{} did not answer within {} ({})",
+                class.capability,
+                class.operation,
+                crate::runbook::fmt_duration(limit),
+                if limit < self.call_timeout {
+                    "the rest of the step's budget"
+                } else {
+                    "the per-call timeout"
+                }
+            ))),
+        };
+        let (outcome, status, detail) = match &result {
+            Ok(v) => (json!({ "ok": v }), CallStatus::Ok, String::new()),
+            Err(e) => (
+                json!({ "error": { "kind": e.kind(), "message": e.message() } }),
+                CallStatus::Error(e.kind().to_owned()),
+                e.message().to_owned(),
+            ),
+        };
+        let event = Event {
+            kind: EventKind::CallOutcome,
+            ..base()
+        }
+        .outcome(outcome)
+        .duration(started.elapsed());
+        if mutates {
+            self.record_durable(event).map_err(trap)?;
+        } else {
+            self.record(event).map_err(trap)?;
+        }
+        self.finish(scope, &class, args, status, detail, started);
+        Ok(result)
+    }
+
+    fn finish(
+        &self,
+        scope: &StepScope,
+        class: &crate::policy::OpClass,
+        args: Value,
+        status: CallStatus,
+        detail: String,
+        started: Instant,
+    ) {
+        let record = CallRecord {
+            step: scope.step.clone(),
+            op: format!("{}.{}", class.capability, class.operation),
+            effect: class.effect,
+            args,
+            status,
+            detail,
+            duration: started.elapsed(),
+        };
+        self.observer.call(&record);
+        lock(&self.calls).push(record);
+    }
+}
