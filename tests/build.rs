@@ -39,8 +39,12 @@ struct Guest {
 }
 
 fn main() {
-    let manifest_dir = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").expect("CARGO_MANIFEST_DIR"));
-    let repo = manifest_dir.parent().expect("tests/ has a parent").to_path_buf();
+    let manifest_dir =
+        PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").expect("CARGO_MANIFEST_DIR"));
+    let repo = manifest_dir
+        .parent()
+        .expect("tests/ has a parent")
+        .to_path_buf();
     let plugins = repo.join("plugins");
     let target_dir = plugins.join("target");
 
@@ -118,11 +122,10 @@ fn find_guests(repo: &Path) -> Vec<Guest> {
             if !text.contains("cdylib") {
                 continue;
             }
-            let package = section_string(&text, "package", "name").unwrap_or_else(|| {
-                panic!("{}: no `name` in [package]", manifest.display())
-            });
-            let wasm_stem = section_string(&text, "lib", "name")
-                .unwrap_or_else(|| package.replace('-', "_"));
+            let package = section_string(&text, "package", "name")
+                .unwrap_or_else(|| panic!("{}: no `name` in [package]", manifest.display()));
+            let wasm_stem =
+                section_string(&text, "lib", "name").unwrap_or_else(|| package.replace('-', "_"));
             guests.push(Guest {
                 package,
                 dir,
@@ -229,12 +232,20 @@ fn check_target_installed() {
         .output()
         .unwrap_or_else(|e| panic!("could not run {}: {e}", rustc.to_string_lossy()));
     let sysroot = String::from_utf8_lossy(&output.stdout).trim().to_string();
-    let lib = Path::new(&sysroot).join("lib").join("rustlib").join(TARGET).join("lib");
+    let lib = Path::new(&sysroot)
+        .join("lib")
+        .join("rustlib")
+        .join(TARGET)
+        .join("lib");
     if !output.status.success() || !lib.is_dir() {
         panic!(
             "the {TARGET} target is not installed for this toolchain ({} has no {}).\n\
              Install it with:\n\n    rustup target add {TARGET}\n",
-            if sysroot.is_empty() { "the sysroot" } else { &sysroot },
+            if sysroot.is_empty() {
+                "the sysroot"
+            } else {
+                &sysroot
+            },
             Path::new("lib/rustlib").join(TARGET).display()
         );
     }

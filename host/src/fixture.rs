@@ -3,6 +3,7 @@
 //!
 //! ```toml
 //! description = "backup too old: the operator refuses the data loss"
+//! runbook = "../../database-corruption.toml"   # grants and params for `drhost test`
 //! [operator]
 //! confirm = [false]          # answers to operator.confirm, in order
 //! approve_steps = true       # answer to mutating-step approvals
@@ -111,6 +112,7 @@ pub enum FixtureError {
 #[serde(deny_unknown_fields)]
 struct RawFixture {
     description: Option<String>,
+    runbook: Option<String>,
     #[serde(default)]
     operator: OperatorFixture,
     #[serde(default)]
@@ -193,6 +195,9 @@ pub struct Fixture {
     pub path: PathBuf,
     /// What it simulates.
     pub description: String,
+    /// The runbook config it is meant for (`runbook = "…"`, relative to the
+    /// fixture), used by `drhost test` for grants and params.
+    pub runbook: Option<PathBuf>,
     /// The mocks, seeded.
     pub env: MockEnv,
     /// Scripted operator answers.
@@ -277,6 +282,9 @@ impl Fixture {
         Ok(Fixture {
             path: path.to_owned(),
             description: raw.description.unwrap_or_default(),
+            runbook: raw
+                .runbook
+                .map(|r| path.parent().unwrap_or(Path::new(".")).join(r)),
             env,
             operator: raw.operator,
             expect: raw.expect,

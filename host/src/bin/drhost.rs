@@ -1,1 +1,615 @@
-fn main() {}
+//! `drhost`: the command line. Parses flags (clap), sets up logging, and
+//! calls the library; `anyhow` lives only here and in tests.
+//!
+//! Exit codes: 0 success (run completed, test passed, audit verified);
+//! 1 the scenario did not complete (a step failed, timed out, trapped or was
+//! declined), a test expectation failed, or an audit log did not verify;
+//! 2 bad input (config, fixture, plugin refused at load, usage);
+//! 3 host failure (audit log unwritable, engine); 4 the plugin halted the
+//! scenario on purpose (e.g. the operator refused a data loss).
+
+use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use clap::{Parser, Subcommand, ValueEnum};
+
+use drhost::capability::operator::approver::PROMPT_ACTIVE;
+use drhost::capability::operator::{
+    Approval, ApprovalRequest, Approver, AutoApprove, RefuseApprover, TtyApprover,
+};
+use drhost::engine::{DrEngine, LoadSource};
+use drhost::fixture::{Fixture, check_expect};
+use drhost::gate::{CallRecord, CallStatus};
+use drhost::plugin::{self, Plugin};
+use drhost::runbook::{Runbook, fmt_duration};
+use drhost::runner::{self, RunObserver, RunOptions, RunOutcome, RunReport, StepReport, StepStatus};
+
+const EXIT_HELP: &str = "\
+Exit codes:
+  0  success: run completed, test passed, audit log verified
+  1  the scenario did not complete (step failed, timed out, trapped or declined),
+     a test expectation failed, or an audit log did not verify
+  2  bad input: runbook config, fixture, or plugin refused at load
+  3  host failure: audit log unwritable, engine or cache unusable
+  4  the plugin halted the scenario on purpose (e.g. the operator refused a data loss)";
+
+/// Runs disaster-recovery scenarios as sandboxed WebAssembly plugins.
+#[derive(Parser)]
+#[command(name = "drhost", version, about, after_help = EXIT_HELP)]
+struct Cli {
+    /// More logging (-v info, -vv debug, -vvv trace); also shows every capability call.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    verbose: u8,
+    /// Log format on stderr.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true)]
+    log_format: LogFormat,
+    /// Compiled-plugin cache directory [default: $DRHOST_CACHE_DIR, $XDG_CACHE_HOME/drhost or ~/.cache/drhost].
+    #[arg(long, global = true)]
+    cache_dir: Option<PathBuf>,
+    /// Compile plugins every time instead of using the cache.
+    #[arg(long, global = true)]
+    no_cache: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Show a plugin's metadata, steps, budgets and imports.
+    #[command(after_help = EXIT_HELP)]
+    Describe {
+        /// The plugin component (.wasm).
+        plugin: PathBuf,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show what a run of RUNBOOK would do: steps, budgets, approvals, grants, and whether every import is granted.
+    #[command(after_help = EXIT_HELP)]
+    Plan {
+        /// The runbook config (.toml).
+        runbook: PathBuf,
+    },
+    /// Run a scenario.
+    #[command(after_help = EXIT_HELP)]
+    Run {
+        /// The runbook config (.toml).
+        runbook: PathBuf,
+        /// Run against mock backends seeded from this fixture instead of real ones.
+        #[arg(long, value_name = "FIXTURE")]
+        mock: Option<PathBuf>,
+        /// Execute reads, simulate mutations, and list what would have changed.
+        #[arg(long)]
+        dry_run: bool,
+        /// Approve every mutating step and operator.confirm (audited as --yes).
+        #[arg(long, short = 'y')]
+        yes: bool,
+        /// Directory for audit logs and run state.
+        #[arg(long, default_value = "drhost-audit")]
+        audit_dir: PathBuf,
+        /// Print the run report as JSON on stdout.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run a plugin against mocks seeded from a fixture and check the fixture's [expect].
+    #[command(after_help = EXIT_HELP)]
+    Test {
+        /// The plugin component (.wasm).
+        plugin: PathBuf,
+        /// The fixture (.toml) with [expect].
+        #[arg(long)]
+        fixture: PathBuf,
+        /// Runbook config for grants and params [default: the fixture's `runbook`].
+        #[arg(long)]
+        runbook: Option<PathBuf>,
+        /// Directory for audit logs [default: a temporary directory, removed after].
+        #[arg(long)]
+        audit_dir: Option<PathBuf>,
+    },
+    /// Verify or show an audit log.
+    #[command(subcommand, after_help = EXIT_HELP)]
+    Audit(AuditCommand),
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Check the hash chain: edited, removed, inserted or reordered records, a torn last line.
+    Verify {
+        /// The audit log (.audit.jsonl).
+        file: PathBuf,
+    },
+    /// Print a readable timeline.
+    Show {
+        /// The audit log (.audit.jsonl).
+        file: PathBuf,
+    },
+}
+
+/// An error with the exit code it maps to.
+struct Failure(i32, anyhow::Error);
+
+fn bad_input(e: impl Into<anyhow::Error>) -> Failure {
+    Failure(2, e.into())
+}
+fn host_failure(e: impl Into<anyhow::Error>) -> Failure {
+    Failure(3, e.into())
+}
+
+fn main() {
+    let cli = Cli::parse();
+    init_logging(cli.verbose, cli.log_format);
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .worker_threads(2)
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("drhost: cannot start the async runtime: {e}");
+            std::process::exit(3);
+        }
+    };
+    let code = match rt.block_on(dispatch(cli)) {
+        Ok(code) => code,
+        Err(Failure(code, e)) => {
+            eprintln!("drhost: error: {e:#}");
+            code
+        }
+    };
+    std::process::exit(code);
+}
+
+fn init_logging(verbose: u8, format: LogFormat) {
+    let level = match verbose {
+        0 => "warn",
+        1 => "info",
+        2 => "debug",
+        _ => "trace",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("DRHOST_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+async fn dispatch(cli: Cli) -> Result<i32, Failure> {
+    let verbose = cli.verbose;
+    let cache_dir = if cli.no_cache {
+        None
+    } else {
+        cli.cache_dir.or_else(DrEngine::default_cache_dir)
+    };
+    let engine = || DrEngine::new(cache_dir.clone()).map_err(host_failure);
+    match cli.command {
+        Command::Describe { plugin, json } => describe(&engine()?, &plugin, json).await,
+        Command::Plan { runbook } => plan(&engine()?, &runbook).await,
+        Command::Run {
+            runbook,
+            mock,
+            dry_run,
+            yes,
+            audit_dir,
+            json,
+        } => {
+            let engine = engine()?;
+            let rb = Runbook::load(&runbook).map_err(bad_input)?;
+            let fixture = match &mock {
+                Some(f) => Some(Fixture::load(f).map_err(bad_input)?),
+                None => None,
+            };
+            let plugin = load_for(&engine, &rb, &rb.plugin.path).await?;
+            let report = execute(&engine, &plugin, &rb, fixture.as_ref(), dry_run, yes, &audit_dir, verbose, false).await?;
+            if json {
+                let text = serde_json::to_string_pretty(&report).map_err(host_failure)?;
+                println!("{text}");
+            } else {
+                eprint!("{}", drhost::report::render(&report));
+            }
+            Ok(exit_code(&report.outcome))
+        }
+        Command::Test {
+            plugin,
+            fixture,
+            runbook,
+            audit_dir,
+        } => test(&engine()?, &plugin, &fixture, runbook, audit_dir, verbose).await,
+        Command::Audit(AuditCommand::Verify { file }) => {
+            let report = drhost::audit::verify(&file).map_err(bad_input)?;
+            println!("{report}");
+            Ok(if report.is_ok() { 0 } else { 1 })
+        }
+        Command::Audit(AuditCommand::Show { file }) => {
+            let records = drhost::audit::read_records(&file).map_err(bad_input)?;
+            print!("{}", drhost::audit::render_timeline(&records));
+            Ok(0)
+        }
+    }
+}
+
+fn exit_code(outcome: &RunOutcome) -> i32 {
+    match outcome {
+        RunOutcome::Completed => 0,
+        RunOutcome::Stopped {
+            status: StepStatus::Halted(_),
+            ..
+        } => 4,
+        RunOutcome::Stopped { .. } => 1,
+    }
+}
+
+async fn load_plugin(engine: &DrEngine, path: &Path, memory_limit: usize) -> Result<Plugin, Failure> {
+    let linker = plugin::linker(engine).map_err(|e| host_failure(anyhow::anyhow!("{e:#}")))?;
+    plugin::load(engine, &linker, path, memory_limit)
+        .await
+        .map_err(bad_input)
+}
+
+/// Loads the plugin at `path` for `rb`: pin and grants checked.
+async fn load_for(engine: &DrEngine, rb: &Runbook, path: &Path) -> Result<Plugin, Failure> {
+    let p = load_plugin(engine, path, rb.memory_limit_bytes).await?;
+    plugin::check_pin(&p, &rb.plugin, &rb.path).map_err(bad_input)?;
+    plugin::check_grants(&p, &rb.grants, &rb.path).map_err(bad_input)?;
+    Ok(p)
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn execute(
+    engine: &DrEngine,
+    plugin: &Plugin,
+    rb: &Runbook,
+    fixture: Option<&Fixture>,
+    dry_run: bool,
+    yes: bool,
+    audit_dir: &Path,
+    verbose: u8,
+    testing: bool,
+) -> Result<RunReport, Failure> {
+    let fallback: Box<dyn Approver> = if yes || testing {
+        Box::new(AutoApprove)
+    } else if let Some(tty) = TtyApprover::if_terminal() {
+        Box::new(tty)
+    } else {
+        Box::new(RefuseApprover)
+    };
+    let caps = match fixture {
+        Some(f) => f.env.capabilities(f.approver(fallback)),
+        None => {
+            return Err(bad_input(anyhow::anyhow!(
+                "this drhost has mock backends only: run with --mock FIXTURE.toml (real Kubernetes, PostgreSQL, S3 and HTTP backends are not built yet)"
+            )));
+        }
+    };
+    if let Some(f) = fixture {
+        eprintln!("simulated environment: {} ({})", f.path.display(), f.description);
+    }
+    let observer = Arc::new(Console::new(verbose > 0));
+    let options = RunOptions {
+        audit_dir: audit_dir.to_owned(),
+        dry_run,
+        run_id: None,
+    };
+    runner::run(engine, plugin, rb, caps, options, observer)
+        .await
+        .map_err(|e| match e {
+            runner::RunError::Config { .. } => bad_input(e),
+            other => host_failure(other),
+        })
+}
+
+async fn describe(engine: &DrEngine, path: &Path, json: bool) -> Result<i32, Failure> {
+    let p = load_plugin(engine, path, drhost::runbook::DEFAULT_MEMORY_LIMIT_MIB as usize * 1024 * 1024).await?;
+    let i = &p.info;
+    if json {
+        let v = serde_json::json!({
+            "name": i.name, "version": i.version, "sha256": p.sha256, "size": p.size,
+            "summary": i.summary, "rto_ms": i.rto_ms, "params": i.params, "steps": i.steps,
+            "imports": p.imports,
+        });
+        println!("{}", serde_json::to_string_pretty(&v).map_err(host_failure)?);
+        return Ok(0);
+    }
+    println!("{}@{}  ({})", i.name, i.version, path.display());
+    println!("  sha256   {}", p.sha256);
+    println!(
+        "  size     {} bytes, {}",
+        p.size,
+        match p.source {
+            LoadSource::Cache => "loaded from the compiled-plugin cache",
+            LoadSource::Compiled => "compiled now",
+        }
+    );
+    println!("  RTO      {}", fmt_duration(Duration::from_millis(i.rto_ms)));
+    println!("  summary  {}", i.summary);
+    println!("  params");
+    for prm in &i.params {
+        println!(
+            "    {:<16} {:<28} {}",
+            prm.name,
+            prm.default_value.as_deref().map(|d| format!("[default: {d}]")).unwrap_or_else(|| "[required]".into()),
+            prm.description
+        );
+    }
+    println!("  steps");
+    for (n, s) in i.steps.iter().enumerate() {
+        println!(
+            "    {}. {:<22} {:>8}  {}  {}",
+            n + 1,
+            s.id,
+            fmt_duration(Duration::from_millis(s.budget_ms)),
+            if s.mutates { "mutates " } else { "read-only" },
+            s.title
+        );
+    }
+    println!("  imports");
+    for imp in &p.imports {
+        println!("    {imp}");
+    }
+    Ok(0)
+}
+
+async fn plan(engine: &DrEngine, runbook: &Path) -> Result<i32, Failure> {
+    let rb = Runbook::load(runbook).map_err(bad_input)?;
+    let p = load_plugin(engine, &rb.plugin.path, rb.memory_limit_bytes).await?;
+    let mut problems = Vec::new();
+    if let Err(e) = plugin::check_pin(&p, &rb.plugin, &rb.path) {
+        problems.push(e.to_string());
+    }
+    println!("plan for {} — plugin {}@{} ({})", runbook.display(), p.info.name, p.info.version, rb.plugin.path.display());
+    println!("  sha256 {}{}", p.sha256, if rb.plugin.sha256.is_some() { " (pinned)" } else { " (not pinned)" });
+    println!("  imports:");
+    for iface in &p.contract_imports {
+        let ok = rb.grants.grants_interface(iface);
+        println!("    {:<14} {}", iface, if ok { "granted" } else { "NOT GRANTED" });
+    }
+    if let Err(e) = plugin::check_grants(&p, &rb.grants, &rb.path) {
+        problems.push(e.to_string());
+    }
+    let rto = runner::rto(&p, &rb);
+    println!("  steps (RTO {}):", fmt_duration(rto));
+    let mut total = Duration::ZERO;
+    for s in &p.info.steps {
+        let (budget, from) = match rb.budgets.get(&s.id) {
+            Some(b) => (*b, "runbook"),
+            None => (Duration::from_millis(s.budget_ms), "plugin"),
+        };
+        total += budget;
+        println!(
+            "    {:<22} budget {:>8} ({from})  {}  {}",
+            s.id,
+            fmt_duration(budget),
+            if s.mutates { "needs approval" } else { "read-only     " },
+            s.title
+        );
+    }
+    println!("  sum of budgets {} vs RTO {}{}", fmt_duration(total), fmt_duration(rto), if total > rto { " — budgets exceed the RTO" } else { "" });
+    for k in rb.budgets.keys() {
+        if !p.info.steps.iter().any(|s| &s.id == k) {
+            problems.push(format!("{}: budgets.{k} names no step of the plugin", rb.path.display()));
+        }
+    }
+    println!("  params:");
+    for prm in &p.info.params {
+        let v = rb.params.get(&prm.name).or(prm.default_value.as_ref());
+        println!("    {:<16} = {}", prm.name, v.map(String::as_str).unwrap_or("(unset)"));
+    }
+    for k in rb.params.keys() {
+        if !p.info.params.iter().any(|prm| &prm.name == k) {
+            problems.push(format!("{}: params.{k} is not a parameter of the plugin", rb.path.display()));
+        }
+    }
+    let g = &rb.grants;
+    println!("  grants:");
+    if let Some(k) = &g.k8s {
+        println!("    k8s: operations {:?}; deployments {:?}; bundles {:?}; secrets {:?}", k.operations, k.deployments, k.bundles, k.secrets);
+    }
+    if let Some(pg) = &g.postgres {
+        println!("    postgres: operations {:?}; databases {:?}", pg.operations, pg.databases);
+    }
+    if let Some(o) = &g.object_store {
+        println!("    object-store: {:?}", o.iter().map(|(b, p)| format!("{b}/{p}")).collect::<Vec<_>>());
+    }
+    if let Some(h) = &g.health {
+        println!("    health targets: {h:?}");
+    }
+    println!("    notify channels: {:?}", g.notify);
+    if problems.is_empty() {
+        println!("  ok: every import is granted and the plugin matches the pin");
+        Ok(0)
+    } else {
+        for pr in &problems {
+            println!("  PROBLEM: {pr}");
+        }
+        Ok(2)
+    }
+}
+
+async fn test(
+    engine: &DrEngine,
+    plugin_path: &Path,
+    fixture_path: &Path,
+    runbook: Option<PathBuf>,
+    audit_dir: Option<PathBuf>,
+    verbose: u8,
+) -> Result<i32, Failure> {
+    let fixture = Fixture::load(fixture_path).map_err(bad_input)?;
+    let Some(expect) = fixture.expect.clone() else {
+        return Err(bad_input(anyhow::anyhow!(
+            "fixture {} has no [expect] section: `drhost test` needs to know what must happen",
+            fixture_path.display()
+        )));
+    };
+    let runbook = runbook.or_else(|| fixture.runbook.clone()).ok_or_else(|| {
+        bad_input(anyhow::anyhow!(
+            "no runbook config for grants and params: pass --runbook or set `runbook = \"...\"` in {}",
+            fixture_path.display()
+        ))
+    })?;
+    let rb = Runbook::load(&runbook).map_err(bad_input)?;
+    let plugin = load_for(engine, &rb, plugin_path).await?;
+    let tmp;
+    let dir = match audit_dir {
+        Some(d) => d,
+        None => {
+            tmp = tempdir().map_err(host_failure)?;
+            tmp.0.clone()
+        }
+    };
+    // Tests never prompt: what [operator] does not script is answered as
+    // with --yes.
+    let report = execute(engine, &plugin, &rb, Some(&fixture), false, true, &dir, verbose, true).await;
+    let report = report?;
+    let verified = drhost::audit::verify(&report.audit_path).map_err(host_failure)?;
+    let mut failures = check_expect(&expect, &report);
+    if !verified.is_ok() {
+        failures.insert(0, format!("audit log does not verify: {verified}"));
+    }
+    let name = fixture_path.display();
+    if failures.is_empty() {
+        println!("PASS {name}: {} ({})", report.outcome.parts().0, fixture.description);
+        Ok(0)
+    } else {
+        println!("FAIL {name}: {}", fixture.description);
+        for f in failures {
+            println!("  {f}");
+        }
+        Ok(1)
+    }
+}
+
+/// A temporary directory removed on drop (no extra dependency for one use).
+struct TempDir(PathBuf);
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+fn tempdir() -> anyhow::Result<TempDir> {
+    let dir = std::env::temp_dir().join(format!("drhost-test-{}-{}", std::process::id(), runner::new_run_id()));
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    Ok(TempDir(dir))
+}
+
+/// Console progress on stderr: step headers, plugin logs, results, and on a
+/// terminal a live elapsed/budget ticker.
+struct Console {
+    verbose: bool,
+    tty: bool,
+    ticker: Mutex<Option<(Arc<AtomicBool>, std::thread::JoinHandle<()>)>>,
+}
+
+impl Console {
+    fn new(verbose: bool) -> Console {
+        Console {
+            verbose,
+            tty: std::io::stderr().is_terminal(),
+            ticker: Mutex::new(None),
+        }
+    }
+    fn stop_ticker(&self) {
+        let t = self.ticker.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some((stop, handle)) = t {
+            stop.store(true, Ordering::SeqCst);
+            let _ = handle.join();
+            eprint!("\r\x1b[2K");
+        }
+    }
+    fn line(&self, s: &str) {
+        if self.tty {
+            eprint!("\r\x1b[2K");
+        }
+        eprintln!("{s}");
+    }
+}
+
+impl RunObserver for Console {
+    fn step_started(&self, index: usize, total: usize, step: &drhost::bindings::StepInfo, budget: Duration) {
+        self.line(&format!(
+            "▶ [{index}/{total}] {} — {} (budget {}{})",
+            step.id,
+            step.title,
+            fmt_duration(budget),
+            if step.mutates { ", mutates" } else { "" }
+        ));
+        if self.tty {
+            let stop = Arc::new(AtomicBool::new(false));
+            let s2 = stop.clone();
+            let started = Instant::now();
+            let id = step.id.clone();
+            let handle = std::thread::spawn(move || {
+                while !s2.load(Ordering::SeqCst) {
+                    if !PROMPT_ACTIVE.load(Ordering::SeqCst) {
+                        let mut e = std::io::stderr();
+                        let _ = write!(e, "\r\x1b[2K  … {id} {} / {}", fmt_duration(started.elapsed()), fmt_duration(budget));
+                        let _ = e.flush();
+                    }
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+            });
+            *self.ticker.lock().unwrap_or_else(|e| e.into_inner()) = Some((stop, handle));
+        }
+    }
+
+    fn step_finished(&self, r: &StepReport) {
+        self.stop_ticker();
+        let mark = match r.status {
+            StepStatus::Done(_) => "✔",
+            StepStatus::Halted(_) => "■",
+            _ => "✘",
+        };
+        self.line(&format!(
+            "{mark} {} {} in {} (budget {}): {}",
+            r.id,
+            r.status.name(),
+            fmt_duration(r.elapsed),
+            fmt_duration(r.budget),
+            r.status.message()
+        ));
+        if !r.output.trim().is_empty() && !matches!(r.status, StepStatus::Done(_)) {
+            for l in r.output.lines().take(20) {
+                self.line(&format!("    | {l}"));
+            }
+        }
+    }
+
+    fn plugin_log(&self, _step: &str, level: &str, message: &str) {
+        self.line(&format!("    [{level}] {message}"));
+    }
+
+    fn call(&self, c: &CallRecord) {
+        if self.verbose || c.status == CallStatus::Denied {
+            self.line(&format!(
+                "    · {}{}",
+                c.render(),
+                if c.detail.is_empty() { String::new() } else { format!(" ({})", c.detail) }
+            ));
+        }
+    }
+
+    fn approval(&self, request: &ApprovalRequest, answer: &Approval) {
+        self.line(&format!(
+            "    ? {} -> {} by {}",
+            request.question,
+            if answer.approved { "approved" } else { "REFUSED" },
+            answer.by
+        ));
+    }
+
+    fn warning(&self, message: &str) {
+        self.line(&format!("  ! {message}"));
+    }
+}

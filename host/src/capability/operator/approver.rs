@@ -9,6 +9,10 @@ use serde::Serialize;
 
 use crate::fixture::lock;
 
+/// Set while a terminal prompt waits for the operator, so progress output
+/// does not overwrite it.
+pub static PROMPT_ACTIVE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
 /// What is being approved.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
@@ -94,6 +98,7 @@ impl TtyApprover {
 impl Approver for TtyApprover {
     async fn ask(&self, request: &ApprovalRequest) -> Approval {
         let question = request.question.clone();
+        PROMPT_ACTIVE.store(true, std::sync::atomic::Ordering::SeqCst);
         let answer = tokio::task::spawn_blocking(move || {
             let mut err = std::io::stderr();
             let _ = write!(err, "\n?? {question} [y/N] ");
@@ -106,6 +111,7 @@ impl Approver for TtyApprover {
         })
         .await
         .unwrap_or(false);
+        PROMPT_ACTIVE.store(false, std::sync::atomic::Ordering::SeqCst);
         Approval {
             approved: answer,
             by: format!("{} (tty)", operator_name()),
