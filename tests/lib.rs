@@ -52,3 +52,71 @@ pub fn repo_root() -> PathBuf {
         .expect("the tests crate lives in <repo>/tests")
         .to_path_buf()
 }
+
+/// Helpers shared by the integration tests: an engine, a misbehave runbook
+/// and fixture in a temp dir, and a run of a plugin against mocks.
+pub mod support {
+    use std::path::{Path, PathBuf};
+    use std::sync::Arc;
+
+    use drhost::capability::operator::AutoApprove;
+    use drhost::engine::DrEngine;
+    use drhost::fixture::Fixture;
+    use drhost::plugin::{self, Plugin};
+    use drhost::runbook::Runbook;
+    use drhost::runner::{self, NullObserver, RunOptions, RunReport};
+
+    /// A runbook for the `misbehave` test plugin: k8s get-deployment and
+    /// scale on `ns/app` granted, `behaviour` as given, misbehave's budget
+    /// set to `budget`.
+    pub fn misbehave_runbook(dir: &Path, behaviour: &str, budget: &str, grant_k8s: bool) -> PathBuf {
+        let grants = if grant_k8s {
+            "[grants.k8s]\noperations = [\"get-deployment\", \"scale\"]\ndeployments = [\"ns/app\"]\n"
+        } else {
+            ""
+        };
+        let text = format!(
+            "[plugin]\npath = {:?}\nrequire = \"misbehave@^0.1\"\n\n[run]\ncall_timeout = \"30s\"\nmemory_limit_mib = 64\n\n[params]\nbehaviour = {behaviour:?}\n\n[budgets]\nmisbehave = {budget:?}\n\n{grants}",
+            super::plugin("misbehave")
+        );
+        let path = dir.join(format!("misbehave-{behaviour}.toml"));
+        std::fs::write(&path, text).expect("write runbook");
+        path
+    }
+
+    /// A fixture with deployment `ns/app` (3 replicas); `extra` is appended.
+    pub fn misbehave_fixture(dir: &Path, extra: &str) -> PathBuf {
+        let text = format!(
+            "description = \"misbehave test\"\n[[k8s.deployments]]\nnamespace = \"ns\"\nname = \"app\"\nreplicas = 3\n{extra}"
+        );
+        let path = dir.join("fixture.toml");
+        std::fs::write(&path, text).expect("write fixture");
+        path
+    }
+
+    /// Loads a plugin for a runbook the way `drhost run` does (pin and
+    /// grants checked).
+    ///
+    /// # Errors
+    /// The plugin is refused.
+    pub async fn load(engine: &DrEngine, rb: &Runbook, path: &Path) -> Result<Plugin, plugin::PluginError> {
+        let linker = plugin::linker(engine).expect("linker");
+        let p = plugin::load(engine, &linker, path, rb.memory_limit_bytes).await?;
+        plugin::check_pin(&p, &rb.plugin, &rb.path)?;
+        plugin::check_grants(&p, &rb.grants, &rb.path)?;
+        Ok(p)
+    }
+
+    /// Runs `plugin` under `rb` against the fixture's mocks, approving all.
+    pub async fn run(engine: &DrEngine, plugin: &Plugin, rb: &Runbook, fixture: &Fixture, audit_dir: &Path, dry_run: bool) -> RunReport {
+        let caps = fixture.env.capabilities(fixture.approver(Box::new(AutoApprove)));
+        let options = RunOptions {
+            audit_dir: audit_dir.to_owned(),
+            dry_run,
+            run_id: None,
+        };
+        runner::run(engine, plugin, rb, caps, options, Arc::new(NullObserver))
+            .await
+            .expect("run")
+    }
+}

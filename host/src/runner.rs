@@ -249,6 +249,12 @@ pub fn explain_trap(err: &wasmtime::Error, output: &StepOutput, budget: Duration
     let what = match err.downcast_ref::<Trap>() {
         Some(Trap::Interrupt) => format!("exceeded its time box of {}", fmt_duration(budget)),
         Some(Trap::StackOverflow) => "overflowed its stack (unbounded recursion?)".into(),
+        // Rust guests keep their stack in linear memory: overflowing it
+        // shows up as an out-of-bounds access, not as a wasm stack overflow.
+        Some(Trap::MemoryOutOfBounds) => {
+            "accessed memory out of bounds (most often its stack overflowed: unbounded recursion?)"
+                .into()
+        }
         Some(Trap::UnreachableCodeReached) if stderr.contains("panicked") => "panicked".into(),
         _ if text.contains("memory") && (text.contains("grow") || text.contains("limit")) => {
             format!("exceeded its memory limit: {text}")
