@@ -36,7 +36,11 @@ fn drhost(args: &[&str], dir: &Path) -> Output {
 }
 
 fn text(o: &Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
 }
 
 fn s(p: &Path) -> &str {
@@ -69,14 +73,34 @@ fn a_wrong_expectation_fails_with_a_diff() {
     let src = repo_root().join("runbooks/fixtures/database-corruption/happy-path.toml");
     let fixture = std::fs::read_to_string(&src)
         .expect("read")
-        .replace("runbook = \"../../database-corruption.toml\"", &format!("runbook = {:?}", repo_root().join("runbooks/database-corruption.toml")))
-        .replace("not_calls = [\"operator.confirm\"]", "not_calls = [\"k8s.scale name=backend replicas=0\"]");
+        .replace(
+            "runbook = \"../../database-corruption.toml\"",
+            &format!(
+                "runbook = {:?}",
+                repo_root().join("runbooks/database-corruption.toml")
+            ),
+        )
+        .replace(
+            "not_calls = [\"operator.confirm\"]",
+            "not_calls = [\"k8s.scale name=backend replicas=0\"]",
+        );
     let path = dir.path().join("wrong.toml");
     std::fs::write(&path, fixture).expect("write");
-    let out = drhost(&["test", s(&plugin("database-corruption")), "--fixture", s(&path)], dir.path());
+    let out = drhost(
+        &[
+            "test",
+            s(&plugin("database-corruption")),
+            "--fixture",
+            s(&path),
+        ],
+        dir.path(),
+    );
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     let t = text(&out);
-    assert!(t.contains("FAIL") && t.contains("not_calls") && t.contains("calls made:"), "{t}");
+    assert!(
+        t.contains("FAIL") && t.contains("not_calls") && t.contains("calls made:"),
+        "{t}"
+    );
 }
 
 /// Runs the main job and returns the audit log path.
@@ -96,11 +120,23 @@ fn main_job(dir: &Path) -> PathBuf {
     );
     let t = text(&out);
     assert_eq!(out.status.code(), Some(0), "{t}");
-    for step in ["stop-services", "identify-corruption", "restore", "restart-services", "verify"] {
-        assert!(t.contains(&format!("✔ {step} done")), "step {step} missing:\n{t}");
+    for step in [
+        "stop-services",
+        "identify-corruption",
+        "restore",
+        "restart-services",
+        "verify",
+    ] {
+        assert!(
+            t.contains(&format!("✔ {step} done")),
+            "step {step} missing:\n{t}"
+        );
     }
     assert!(t.contains("outcome: completed"), "{t}");
-    let line = t.lines().find(|l| l.trim_start().starts_with("audit log: ")).expect("audit log line");
+    let line = t
+        .lines()
+        .find(|l| l.trim_start().starts_with("audit log: "))
+        .expect("audit log line");
     PathBuf::from(line.trim_start().trim_start_matches("audit log: "))
 }
 
@@ -183,41 +219,105 @@ fn dry_run_lists_intended_mutations() {
         dir.path(),
     );
     let t = text(&out);
-    assert!(t.contains("DRY RUN") && t.contains("mutation(s) would have been made"), "{t}");
-    assert!(t.contains("postgres.restore bucket=resume-screening-backups database=resume_screening"), "{t}");
+    assert!(
+        t.contains("DRY RUN") && t.contains("mutation(s) would have been made"),
+        "{t}"
+    );
+    assert!(
+        t.contains("postgres.restore bucket=resume-screening-backups database=resume_screening"),
+        "{t}"
+    );
 }
 
 #[test]
 fn bad_input_gets_a_clear_error_and_exit_2() {
     let dir = tempfile::tempdir().expect("tempdir");
     let root = repo_root();
-    let good = std::fs::read_to_string(root.join("runbooks/database-corruption.toml")).expect("read");
+    let good =
+        std::fs::read_to_string(root.join("runbooks/database-corruption.toml")).expect("read");
     let plugin_line = format!("path = {:?}", plugin("database-corruption"));
-    let good = good.replace("path = \"../plugins/target/wasm32-wasip2/release/database_corruption.wasm\"", &plugin_line);
+    let good = good.replace(
+        "path = \"../plugins/target/wasm32-wasip2/release/database_corruption.wasm\"",
+        &plugin_line,
+    );
     let happy = root.join("runbooks/fixtures/database-corruption/happy-path.toml");
     let cases: [(&str, String, &str); 6] = [
-        ("typo.toml", good.replace("[grants.health]", "[grants.healthz]"), "healthz"),
-        ("duration.toml", good.replace("rto = \"42m\"", "rto = \"42 minutes-ish\""), "run.rto"),
-        ("pin.toml", good.replace("database-corruption@^0.1", "database-corruption@^2"), "requires database-corruption@^2"),
-        ("sha.toml", good.replace("# sha256 = \"<output of `drhost describe`>\"", &format!("sha256 = \"{}\"", "ab".repeat(32))), "sha256"),
-        ("param.toml", good.replace("rpo = \"15m\"", "rpo = \"15m\"\nbogus = 1"), "params.bogus"),
-        ("syntax.toml", good.replace("[params]", "[params"), "syntax.toml"),
+        (
+            "typo.toml",
+            good.replace("[grants.health]", "[grants.healthz]"),
+            "healthz",
+        ),
+        (
+            "duration.toml",
+            good.replace("rto = \"42m\"", "rto = \"42 minutes-ish\""),
+            "run.rto",
+        ),
+        (
+            "pin.toml",
+            good.replace("database-corruption@^0.1", "database-corruption@^2"),
+            "requires database-corruption@^2",
+        ),
+        (
+            "sha.toml",
+            good.replace(
+                "# sha256 = \"<output of `drhost describe`>\"",
+                &format!("sha256 = \"{}\"", "ab".repeat(32)),
+            ),
+            "sha256",
+        ),
+        (
+            "param.toml",
+            good.replace("rpo = \"15m\"", "rpo = \"15m\"\nbogus = 1"),
+            "params.bogus",
+        ),
+        (
+            "syntax.toml",
+            good.replace("[params]", "[params"),
+            "syntax.toml",
+        ),
     ];
     for (name, content, expected) in cases {
         let path = dir.path().join(name);
         std::fs::write(&path, content).expect("write");
-        let out = drhost(&["run", s(&path), "--mock", s(&happy), "--yes", "--audit-dir", s(&dir.path().join("a"))], dir.path());
+        let out = drhost(
+            &[
+                "run",
+                s(&path),
+                "--mock",
+                s(&happy),
+                "--yes",
+                "--audit-dir",
+                s(&dir.path().join("a")),
+            ],
+            dir.path(),
+        );
         let t = text(&out);
         assert_eq!(out.status.code(), Some(2), "{name}: {t}");
         assert!(t.contains(expected), "{name}: expected {expected:?} in {t}");
         assert!(!t.contains("panicked"), "{name}: {t}");
     }
     let bad_fixture = dir.path().join("bad-fixture.toml");
-    std::fs::write(&bad_fixture, "[[faults]]\noperation = \"k8s.delete\"\nerror = \"failed\"\n").expect("write");
-    let out = drhost(&["run", s(&root.join("runbooks/database-corruption.toml")), "--mock", s(&bad_fixture), "--yes"], dir.path());
+    std::fs::write(
+        &bad_fixture,
+        "[[faults]]\noperation = \"k8s.delete\"\nerror = \"failed\"\n",
+    )
+    .expect("write");
+    let out = drhost(
+        &[
+            "run",
+            s(&root.join("runbooks/database-corruption.toml")),
+            "--mock",
+            s(&bad_fixture),
+            "--yes",
+        ],
+        dir.path(),
+    );
     let t = text(&out);
     assert_eq!(out.status.code(), Some(2), "{t}");
-    assert!(t.contains("bad-fixture.toml") && t.contains("k8s.delete"), "{t}");
+    assert!(
+        t.contains("bad-fixture.toml") && t.contains("k8s.delete"),
+        "{t}"
+    );
 }
 
 #[test]
@@ -226,13 +326,28 @@ fn describe_and_plan_show_steps_budgets_and_grants() {
     let out = drhost(&["describe", s(&plugin("database-corruption"))], dir.path());
     let t = text(&out);
     assert_eq!(out.status.code(), Some(0), "{t}");
-    for want in ["database-corruption@", "stop-services", "restore", "dr:recovery/k8s@0.1.0", "mutates"] {
+    for want in [
+        "database-corruption@",
+        "stop-services",
+        "restore",
+        "dr:recovery/k8s@0.1.0",
+        "mutates",
+    ] {
         assert!(t.contains(want), "describe lacks {want:?}:\n{t}");
     }
-    let out = drhost(&["plan", s(&repo_root().join("runbooks/database-corruption.toml"))], dir.path());
+    let out = drhost(
+        &[
+            "plan",
+            s(&repo_root().join("runbooks/database-corruption.toml")),
+        ],
+        dir.path(),
+    );
     let t = text(&out);
     assert_eq!(out.status.code(), Some(0), "{t}");
-    assert!(t.contains("every import is granted") && t.contains("needs approval"), "{t}");
+    assert!(
+        t.contains("every import is granted") && t.contains("needs approval"),
+        "{t}"
+    );
     // A runbook that does not grant an import the plugin has: plan says so.
     let rb = drhost_tests::support::misbehave_runbook(dir.path(), "ok", "1s", false);
     let out = drhost(&["plan", s(&rb)], dir.path());

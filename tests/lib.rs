@@ -69,7 +69,12 @@ pub mod support {
     /// A runbook for the `misbehave` test plugin: k8s get-deployment and
     /// scale on `ns/app` granted, `behaviour` as given, misbehave's budget
     /// set to `budget`.
-    pub fn misbehave_runbook(dir: &Path, behaviour: &str, budget: &str, grant_k8s: bool) -> PathBuf {
+    pub fn misbehave_runbook(
+        dir: &Path,
+        behaviour: &str,
+        budget: &str,
+        grant_k8s: bool,
+    ) -> PathBuf {
         let grants = if grant_k8s {
             "[grants.k8s]\noperations = [\"get-deployment\", \"scale\"]\ndeployments = [\"ns/app\"]\n"
         } else {
@@ -99,7 +104,11 @@ pub mod support {
     ///
     /// # Errors
     /// The plugin is refused.
-    pub async fn load(engine: &DrEngine, rb: &Runbook, path: &Path) -> Result<Plugin, plugin::PluginError> {
+    pub async fn load(
+        engine: &DrEngine,
+        rb: &Runbook,
+        path: &Path,
+    ) -> Result<Plugin, plugin::PluginError> {
         let linker = plugin::linker(engine).expect("linker");
         let p = plugin::load(engine, &linker, path, rb.memory_limit_bytes).await?;
         plugin::check_pin(&p, &rb.plugin, &rb.path)?;
@@ -108,8 +117,17 @@ pub mod support {
     }
 
     /// Runs `plugin` under `rb` against the fixture's mocks, approving all.
-    pub async fn run(engine: &DrEngine, plugin: &Plugin, rb: &Runbook, fixture: &Fixture, audit_dir: &Path, dry_run: bool) -> RunReport {
-        let caps = fixture.env.capabilities(fixture.approver(Box::new(AutoApprove)));
+    pub async fn run(
+        engine: &DrEngine,
+        plugin: &Plugin,
+        rb: &Runbook,
+        fixture: &Fixture,
+        audit_dir: &Path,
+        dry_run: bool,
+    ) -> RunReport {
+        let caps = fixture
+            .env
+            .capabilities(fixture.approver(Box::new(AutoApprove)));
         let options = RunOptions {
             audit_dir: audit_dir.to_owned(),
             dry_run,

@@ -71,7 +71,11 @@ async fn bench() {
     let _ = std::fs::remove_dir_all(&tmp);
     std::fs::create_dir_all(&tmp).expect("tmp");
     let dc = wasm("database_corruption");
-    println!("drhost bench — plugin {} ({} bytes)", dc.display(), std::fs::metadata(&dc).map(|m| m.len()).unwrap_or(0));
+    println!(
+        "drhost bench — plugin {} ({} bytes)",
+        dc.display(),
+        std::fs::metadata(&dc).map(|m| m.len()).unwrap_or(0)
+    );
 
     // 1. Cold load: compile every time (no cache).
     let mut samples = Vec::new();
@@ -79,7 +83,9 @@ async fn bench() {
         let engine = DrEngine::new(None).expect("engine");
         let linker = plugin::linker(&engine).expect("linker");
         let t = Instant::now();
-        let p = plugin::load(&engine, &linker, &dc, 64 << 20).await.expect("load");
+        let p = plugin::load(&engine, &linker, &dc, 64 << 20)
+            .await
+            .expect("load");
         samples.push(t.elapsed());
         assert_eq!(engine.compilations(), 1);
         drop(p);
@@ -91,7 +97,9 @@ async fn bench() {
     {
         let engine = DrEngine::new(Some(cache.clone())).expect("engine");
         let linker = plugin::linker(&engine).expect("linker");
-        plugin::load(&engine, &linker, &dc, 64 << 20).await.expect("warm");
+        plugin::load(&engine, &linker, &dc, 64 << 20)
+            .await
+            .expect("warm");
     }
     let engine = DrEngine::new(Some(cache.clone())).expect("engine");
     let linker = plugin::linker(&engine).expect("linker");
@@ -104,11 +112,17 @@ async fn bench() {
     for _ in 0..200 {
         samples.push(time(|| engine.load_component(&bytes, &sha).expect("cached")).0);
     }
-    report("component from cache (verify + deserialize)", "< 5 ms", samples);
+    report(
+        "component from cache (verify + deserialize)",
+        "< 5 ms",
+        samples,
+    );
     let mut samples = Vec::new();
     for _ in 0..100 {
         let t = Instant::now();
-        let p = plugin::load(&engine, &linker, &dc, 64 << 20).await.expect("load");
+        let p = plugin::load(&engine, &linker, &dc, 64 << 20)
+            .await
+            .expect("load");
         samples.push(t.elapsed());
         drop(p);
     }
@@ -118,9 +132,14 @@ async fn bench() {
     // 3. Per-step instantiation: Store + limits + epoch fence + instance.
     let rb_path = repo().join("runbooks/database-corruption.toml");
     let rb = Runbook::load(&rb_path).expect("runbook");
-    let fixture = Fixture::load(&repo().join("runbooks/fixtures/database-corruption/happy-path.toml")).expect("fixture");
-    let p = plugin::load(&engine, &linker, &dc, 64 << 20).await.expect("load");
-    let audit = drhost::audit::AuditWriter::create(&tmp.join("audit"), "bench", p.identity()).expect("audit");
+    let fixture =
+        Fixture::load(&repo().join("runbooks/fixtures/database-corruption/happy-path.toml"))
+            .expect("fixture");
+    let p = plugin::load(&engine, &linker, &dc, 64 << 20)
+        .await
+        .expect("load");
+    let audit = drhost::audit::AuditWriter::create(&tmp.join("audit"), "bench", p.identity())
+        .expect("audit");
     let gate = Arc::new(Gate::new(
         GateConfig {
             grants: rb.grants.clone(),
@@ -132,14 +151,24 @@ async fn bench() {
         audit,
     ));
     let deadline = tokio::time::Instant::now() + Duration::from_secs(3600);
-    let scope = StepScope { step: "bench".into(), deadline };
+    let scope = StepScope {
+        step: "bench".into(),
+        deadline,
+    };
     let mut samples = Vec::new();
     for _ in 0..2000 {
         let t = Instant::now();
         let output = StepOutput::default();
-        let mut store = wasmtime::Store::new(engine.engine(), PluginCtx::for_step(gate.clone(), scope.clone(), 64 << 20, &output));
+        let mut store = wasmtime::Store::new(
+            engine.engine(),
+            PluginCtx::for_step(gate.clone(), scope.clone(), 64 << 20, &output),
+        );
         runner::arm_store(&mut store, deadline.into_std());
-        let inst = p.pre.instantiate_async(&mut store).await.expect("instantiate");
+        let inst = p
+            .pre
+            .instantiate_async(&mut store)
+            .await
+            .expect("instantiate");
         samples.push(t.elapsed());
         drop((inst, store));
     }
@@ -152,7 +181,15 @@ async fn bench() {
     for _ in 0..20_000 {
         let t = Instant::now();
         let r = gate
-            .call(&scope, Op::K8sGetDeployment { namespace: "resume-screening", name: "backend" }, backend.get_deployment("resume-screening", "backend"), None)
+            .call(
+                &scope,
+                Op::K8sGetDeployment {
+                    namespace: "resume-screening",
+                    name: "backend",
+                },
+                backend.get_deployment("resume-screening", "backend"),
+                None,
+            )
             .await
             .expect("no trap");
         samples.push(t.elapsed());
@@ -178,18 +215,34 @@ async fn bench() {
     );
     std::fs::write(tmp.join("mb.toml"), mb_rb_text).expect("write");
     let mb_rb = Runbook::load(&tmp.join("mb.toml")).expect("runbook");
-    let mbp = plugin::load(&engine, &linker, &mb, 64 << 20).await.expect("load");
+    let mbp = plugin::load(&engine, &linker, &mb, 64 << 20)
+        .await
+        .expect("load");
     let mut samples = Vec::new();
     for i in 0..5 {
-        let fx = Fixture::parse(Path::new("bench.toml"), "[[k8s.deployments]]\nnamespace = \"ns\"\nname = \"app\"\nreplicas = 1\n").expect("fixture");
+        let fx = Fixture::parse(
+            Path::new("bench.toml"),
+            "[[k8s.deployments]]\nnamespace = \"ns\"\nname = \"app\"\nreplicas = 1\n",
+        )
+        .expect("fixture");
         let caps = fx.env.capabilities(Arc::new(AutoApprove));
-        let opts = RunOptions { audit_dir: tmp.join(format!("mb{i}")), dry_run: false, run_id: None };
-        let r = runner::run(&engine, &mbp, &mb_rb, caps, opts, Arc::new(NullObserver)).await.expect("run");
+        let opts = RunOptions {
+            audit_dir: tmp.join(format!("mb{i}")),
+            dry_run: false,
+            run_id: None,
+        };
+        let r = runner::run(&engine, &mbp, &mb_rb, caps, opts, Arc::new(NullObserver))
+            .await
+            .expect("run");
         let step = &r.steps[0];
         assert_eq!(r.calls.len(), 10_000, "{:?}", step.status);
         samples.push(step.elapsed / 10_000);
     }
-    report("guest->host read call through gate (per call)", "gate < 5 µs", samples);
+    report(
+        "guest->host read call through gate (per call)",
+        "gate < 5 µs",
+        samples,
+    );
 
     // 6. Whole mock run of database-corruption: process start to exit,
     // no approvals (--yes), cached plugin.
@@ -207,7 +260,11 @@ async fn bench() {
             .output()
             .expect("spawn drhost");
         samples.push(t.elapsed());
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     report("whole mock run, process start to exit", "< 100 ms", samples);
     let _ = std::fs::remove_dir_all(&tmp);

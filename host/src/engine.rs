@@ -127,7 +127,11 @@ impl DrEngine {
     ///
     /// # Errors
     /// The bytes are not a valid component (wasmtime's message).
-    pub fn load_component(&self, bytes: &[u8], sha256: &str) -> Result<(Component, LoadSource), String> {
+    pub fn load_component(
+        &self,
+        bytes: &[u8],
+        sha256: &str,
+    ) -> Result<(Component, LoadSource), String> {
         let entry = self.cache_entry(sha256);
         if let Some(path) = &entry
             && let Some(component) = self.read_cache(path)
@@ -139,7 +143,10 @@ impl DrEngine {
         if let Some(path) = &entry
             && let Err(e) = self.write_cache(path, &component)
         {
-            tracing::warn!("could not write compiled plugin to cache {}: {e}", path.display());
+            tracing::warn!(
+                "could not write compiled plugin to cache {}: {e}",
+                path.display()
+            );
         }
         Ok((component, LoadSource::Compiled))
     }
@@ -172,7 +179,10 @@ impl DrEngine {
         match component {
             Ok(c) => Some(c),
             Err(e) => {
-                tracing::warn!("cannot load cached plugin {}: {e}; recompiling", path.display());
+                tracing::warn!(
+                    "cannot load cached plugin {}: {e}; recompiling",
+                    path.display()
+                );
                 None
             }
         }

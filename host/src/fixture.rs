@@ -228,7 +228,14 @@ pub const OPERATIONS: &[&str] = &[
     "operator.notify",
 ];
 
-const OUTCOMES: &[&str] = &["completed", "halted", "failed", "timed-out", "trapped", "declined"];
+const OUTCOMES: &[&str] = &[
+    "completed",
+    "halted",
+    "failed",
+    "timed-out",
+    "trapped",
+    "declined",
+];
 
 impl Fixture {
     /// Reads a fixture and seeds the mocks.
@@ -252,7 +259,8 @@ impl Fixture {
             path: path.to_owned(),
             message,
         };
-        let raw: RawFixture = toml::from_str(text).map_err(|e| invalid(e.to_string().trim_end().to_owned()))?;
+        let raw: RawFixture =
+            toml::from_str(text).map_err(|e| invalid(e.to_string().trim_end().to_owned()))?;
         if let Some(e) = &raw.expect
             && !OUTCOMES.contains(&e.outcome.as_str())
         {
@@ -271,11 +279,18 @@ impl Fixture {
         let env = MockEnv {
             k8s: Arc::new(MockK8s::new(raw.k8s, faults.clone(), log.clone()).map_err(invalid)?),
             postgres: Arc::new(
-                MockPostgres::new(raw.postgres, object_store.clone(), faults.clone(), log.clone())
-                    .map_err(invalid)?,
+                MockPostgres::new(
+                    raw.postgres,
+                    object_store.clone(),
+                    faults.clone(),
+                    log.clone(),
+                )
+                .map_err(invalid)?,
             ),
             object_store,
-            health: Arc::new(MockHealth::new(raw.health, faults.clone(), log.clone()).map_err(invalid)?),
+            health: Arc::new(
+                MockHealth::new(raw.health, faults.clone(), log.clone()).map_err(invalid)?,
+            ),
             notify: Arc::new(MockNotify::new(raw.notify, faults, log.clone())),
             log,
         };
@@ -325,28 +340,43 @@ pub fn check_expect(expect: &Expect, report: &RunReport) -> Vec<String> {
         failures.push(format!(
             "outcome: expected {}, got {outcome}{}",
             expect.outcome,
-            if message.is_empty() { String::new() } else { format!(" ({message})") }
+            if message.is_empty() {
+                String::new()
+            } else {
+                format!(" ({message})")
+            }
         ));
     }
     if let Some(want) = &expect.step
         && step != Some(want.as_str())
     {
-        failures.push(format!("step: expected the run to end in {want:?}, it ended in {step:?}"));
+        failures.push(format!(
+            "step: expected the run to end in {want:?}, it ended in {step:?}"
+        ));
     }
     if let Some(want) = &expect.message_contains
         && !message.contains(want.as_str())
     {
-        failures.push(format!("message: expected it to contain {want:?}, got {message:?}"));
+        failures.push(format!(
+            "message: expected it to contain {want:?}, got {message:?}"
+        ));
     }
     let mut next = 0;
     for pattern in &expect.calls {
-        match report.calls[next..].iter().position(|c| matches(pattern, c)) {
+        match report.calls[next..]
+            .iter()
+            .position(|c| matches(pattern, c))
+        {
             Some(i) => next += i + 1,
             None => {
                 let found_earlier = report.calls[..next].iter().any(|c| matches(pattern, c));
                 failures.push(format!(
                     "calls: expected {pattern:?}{}",
-                    if found_earlier { " later (it happened, but before the previous expected call)" } else { " (never happened)" }
+                    if found_earlier {
+                        " later (it happened, but before the previous expected call)"
+                    } else {
+                        " (never happened)"
+                    }
                 ));
             }
         }

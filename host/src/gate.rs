@@ -280,7 +280,14 @@ impl Gate {
             .args(args.clone())
             .message(reason.clone());
             self.record_durable(event).map_err(trap)?;
-            self.finish(scope, &class, args, CallStatus::Denied, reason.clone(), started);
+            self.finish(
+                scope,
+                &class,
+                args,
+                CallStatus::Denied,
+                reason.clone(),
+                started,
+            );
             return Ok(Err(CapError::Denied(reason)));
         }
 
@@ -302,7 +309,9 @@ impl Gate {
             let simulated = dry.await;
             let outcome = match &simulated {
                 Ok(v) => json!({ "dry_run": true, "simulated": v }),
-                Err(e) => json!({ "dry_run": true, "error": { "kind": e.kind(), "message": e.message() } }),
+                Err(e) => {
+                    json!({ "dry_run": true, "error": { "kind": e.kind(), "message": e.message() } })
+                }
             };
             let event = Event {
                 kind: EventKind::CallOutcome,
@@ -312,7 +321,14 @@ impl Gate {
             .duration(started.elapsed())
             .message("dry run: not performed");
             self.record_durable(event).map_err(trap)?;
-            self.finish(scope, &class, args, CallStatus::DryRun, String::new(), started);
+            self.finish(
+                scope,
+                &class,
+                args,
+                CallStatus::DryRun,
+                String::new(),
+                started,
+            );
             return Ok(simulated);
         }
 

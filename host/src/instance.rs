@@ -48,13 +48,23 @@ pub struct PluginCtx {
 
 impl PluginCtx {
     /// Context for running a step through `gate`.
-    pub fn for_step(gate: Arc<Gate>, scope: StepScope, memory_limit: usize, output: &StepOutput) -> PluginCtx {
+    pub fn for_step(
+        gate: Arc<Gate>,
+        scope: StepScope,
+        memory_limit: usize,
+        output: &StepOutput,
+    ) -> PluginCtx {
         let caps = gate.caps().clone();
         Self::build(Some(gate), caps, scope, memory_limit, output)
     }
 
     /// Context for `describe`: every capability call is denied.
-    pub fn for_describe(caps: Capabilities, memory_limit: usize, output: &StepOutput, deadline: tokio::time::Instant) -> PluginCtx {
+    pub fn for_describe(
+        caps: Capabilities,
+        memory_limit: usize,
+        output: &StepOutput,
+        deadline: tokio::time::Instant,
+    ) -> PluginCtx {
         let scope = StepScope {
             step: "describe".into(),
             deadline,
@@ -230,7 +240,11 @@ impl OutputStream for Capture {
 }
 
 impl tokio::io::AsyncWrite for Capture {
-    fn poll_write(self: Pin<&mut Self>, _: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
         self.push(buf);
         Poll::Ready(Ok(buf.len()))
     }

@@ -61,7 +61,7 @@ impl Faults {
     pub fn new(fixtures: Vec<FaultFixture>, known_ops: &[String]) -> Result<Faults, String> {
         let mut faults = Vec::new();
         for (i, f) in fixtures.into_iter().enumerate() {
-            if !known_ops.iter().any(|k| *k == f.operation) {
+            if !known_ops.contains(&f.operation) {
                 return Err(format!(
                     "faults[{i}].operation {:?} is not a capability operation; known: {}",
                     f.operation,

@@ -80,7 +80,9 @@ pub enum PluginError {
         message: String,
     },
     /// It imports something outside the contract.
-    #[error("plugin {path} imports `{import}`, which drhost never provides ({why}); refused before running anything")]
+    #[error(
+        "plugin {path} imports `{import}`, which drhost never provides ({why}); refused before running anything"
+    )]
     ForbiddenImport {
         /// The plugin file.
         path: PathBuf,
@@ -90,7 +92,9 @@ pub enum PluginError {
         why: String,
     },
     /// It was built against an incompatible contract version.
-    #[error("plugin {path} was built against {import} but this drhost implements {WIT_PACKAGE}@{WIT_VERSION}; rebuild the plugin against wit/ of this drhost (or use a drhost that implements that version)")]
+    #[error(
+        "plugin {path} was built against {import} but this drhost implements {WIT_PACKAGE}@{WIT_VERSION}; rebuild the plugin against wit/ of this drhost (or use a drhost that implements that version)"
+    )]
     WitVersion {
         /// The plugin file.
         path: PathBuf,
@@ -98,7 +102,9 @@ pub enum PluginError {
         import: String,
     },
     /// It imports a contract interface the runbook does not grant.
-    #[error("plugin {path} imports `{import}` but the runbook {runbook} does not grant it: add [grants.{section}] (refused before running anything)")]
+    #[error(
+        "plugin {path} imports `{import}` but the runbook {runbook} does not grant it: add [grants.{section}] (refused before running anything)"
+    )]
     NotGranted {
         /// The plugin file.
         path: PathBuf,
@@ -118,7 +124,9 @@ pub enum PluginError {
         message: String,
     },
     /// Its identity does not match the runbook's pin.
-    #[error("plugin {path} is {found}, but the runbook {runbook} requires {required}; refusing to run it")]
+    #[error(
+        "plugin {path} is {found}, but the runbook {runbook} requires {required}; refusing to run it"
+    )]
     Identity {
         /// The plugin file.
         path: PathBuf,
@@ -251,7 +259,8 @@ fn check_imports(
     component: &Component,
     path: &Path,
 ) -> Result<(Vec<String>, Vec<String>), PluginError> {
-    let host = semver::Version::parse(WIT_VERSION).unwrap_or_else(|_| semver::Version::new(0, 1, 0));
+    let host =
+        semver::Version::parse(WIT_VERSION).unwrap_or_else(|_| semver::Version::new(0, 1, 0));
     let mut imports = Vec::new();
     let mut contract = Vec::new();
     for (name, _) in component.component_type().imports(engine.engine()) {
@@ -272,7 +281,9 @@ fn check_imports(
         } else if !INERT_WASI.contains(&format!("{pkg}/{iface}").as_str()) {
             let why = match pkg {
                 "wasi:filesystem" => "no file access: plugins reach data only through capabilities",
-                "wasi:sockets" | "wasi:http" => "no network access: plugins reach services only through capabilities",
+                "wasi:sockets" | "wasi:http" => {
+                    "no network access: plugins reach services only through capabilities"
+                }
                 _ => "only dr:recovery interfaces and inert WASI plumbing are linked",
             };
             return Err(PluginError::ForbiddenImport {
@@ -317,8 +328,8 @@ pub fn check_pin(plugin: &Plugin, pin: &PluginPin, runbook: &Path) -> Result<(),
         required,
         runbook: runbook.to_owned(),
     };
-    let version_ok = semver::Version::parse(&plugin.info.version)
-        .is_ok_and(|v| pin.version.matches(&v));
+    let version_ok =
+        semver::Version::parse(&plugin.info.version).is_ok_and(|v| pin.version.matches(&v));
     if plugin.info.name != pin.name || !version_ok {
         return Err(refuse(format!("{}@{}", pin.name, pin.version)));
     }
@@ -363,7 +374,11 @@ async fn describe(
     let info = match tokio::time::timeout_at(deadline, call).await {
         Ok(Ok(info)) => info,
         Ok(Err(e)) => {
-            return Err(fail(crate::runner::explain_trap(&e, &output, DESCRIBE_BUDGET)));
+            return Err(fail(crate::runner::explain_trap(
+                &e,
+                &output,
+                DESCRIBE_BUDGET,
+            )));
         }
         Err(_) => return Err(fail(format!("did not return within {DESCRIBE_BUDGET:?}"))),
     };

@@ -22,30 +22,93 @@ use serde::{Deserialize, Serialize};
 #[serde(untagged)]
 #[allow(missing_docs)] // fields mirror the WIT parameters
 pub enum Op<'a> {
-    K8sGetDeployment { namespace: &'a str, name: &'a str },
-    K8sScale { namespace: &'a str, name: &'a str, replicas: u32 },
-    K8sRolloutUndo { namespace: &'a str, name: &'a str, to_revision: Option<u64> },
-    K8sWaitReady { namespace: &'a str, name: &'a str, timeout_ms: u64 },
-    K8sApply { bundle: &'a str },
-    K8sReplaceSecret { namespace: &'a str, name: &'a str, source: &'a str },
+    K8sGetDeployment {
+        namespace: &'a str,
+        name: &'a str,
+    },
+    K8sScale {
+        namespace: &'a str,
+        name: &'a str,
+        replicas: u32,
+    },
+    K8sRolloutUndo {
+        namespace: &'a str,
+        name: &'a str,
+        to_revision: Option<u64>,
+    },
+    K8sWaitReady {
+        namespace: &'a str,
+        name: &'a str,
+        timeout_ms: u64,
+    },
+    K8sApply {
+        bundle: &'a str,
+    },
+    K8sReplaceSecret {
+        namespace: &'a str,
+        name: &'a str,
+        source: &'a str,
+    },
     K8sClusterReachable {},
-    PgRestore { database: &'a str, bucket: &'a str, key: &'a str },
-    PgIntegrityCheck { database: &'a str },
-    PgQuery { database: &'a str, sql: &'a str },
-    PgTerminateConnections { database: &'a str },
-    ObjList { bucket: &'a str, prefix: &'a str },
-    ObjNewest { bucket: &'a str, prefix: &'a str },
-    ObjHead { bucket: &'a str, key: &'a str },
-    ObjVerify { bucket: &'a str, key: &'a str },
-    HealthCheck { target: &'a str },
-    HealthWaitHealthy { target: &'a str, timeout_ms: u64 },
-    OperatorConfirm { question: &'a str },
-    OperatorNotify { channel: &'a str, message: &'a str },
-    StateGet { key: &'a str },
-    StateSet { key: &'a str, bytes: usize },
-    StateDelete { key: &'a str },
+    PgRestore {
+        database: &'a str,
+        bucket: &'a str,
+        key: &'a str,
+    },
+    PgIntegrityCheck {
+        database: &'a str,
+    },
+    PgQuery {
+        database: &'a str,
+        sql: &'a str,
+    },
+    PgTerminateConnections {
+        database: &'a str,
+    },
+    ObjList {
+        bucket: &'a str,
+        prefix: &'a str,
+    },
+    ObjNewest {
+        bucket: &'a str,
+        prefix: &'a str,
+    },
+    ObjHead {
+        bucket: &'a str,
+        key: &'a str,
+    },
+    ObjVerify {
+        bucket: &'a str,
+        key: &'a str,
+    },
+    HealthCheck {
+        target: &'a str,
+    },
+    HealthWaitHealthy {
+        target: &'a str,
+        timeout_ms: u64,
+    },
+    OperatorConfirm {
+        question: &'a str,
+    },
+    OperatorNotify {
+        channel: &'a str,
+        message: &'a str,
+    },
+    StateGet {
+        key: &'a str,
+    },
+    StateSet {
+        key: &'a str,
+        bytes: usize,
+    },
+    StateDelete {
+        key: &'a str,
+    },
     ClockNow {},
-    ClockSleep { ms: u64 },
+    ClockSleep {
+        ms: u64,
+    },
 }
 
 /// What a call does to the world, which decides approvals, fsync and dry-run.
@@ -241,9 +304,18 @@ const K8S_OPS: &[&str] = &[
     "replace-secret",
     "cluster-reachable",
 ];
-const PG_OPS: &[&str] = &["restore", "integrity-check", "query", "terminate-connections"];
+const PG_OPS: &[&str] = &[
+    "restore",
+    "integrity-check",
+    "query",
+    "terminate-connections",
+];
 
-fn known_ops(field: &str, ops: Vec<String>, known: &[&str]) -> Result<BTreeSet<String>, (String, String)> {
+fn known_ops(
+    field: &str,
+    ops: Vec<String>,
+    known: &[&str],
+) -> Result<BTreeSet<String>, (String, String)> {
     for op in &ops {
         if !known.contains(&op.as_str()) {
             return Err((
@@ -301,7 +373,9 @@ impl Grants {
                     let Some((bucket, prefix)) = l.split_once('/') else {
                         return Err((
                             "object_store.locations".into(),
-                            format!("entries must be \"bucket/prefix\" (\"bucket/\" for the whole bucket), got {l:?}"),
+                            format!(
+                                "entries must be \"bucket/prefix\" (\"bucket/\" for the whole bucket), got {l:?}"
+                            ),
                         ));
                     };
                     if bucket.is_empty() || (!prefix.is_empty() && normalise_key(prefix).is_err()) {
@@ -321,7 +395,12 @@ impl Grants {
             postgres,
             object_store,
             health: raw.health.map(|h| h.targets.into_iter().collect()),
-            notify: raw.operator.map(|o| o.notify).unwrap_or_default().into_iter().collect(),
+            notify: raw
+                .operator
+                .map(|o| o.notify)
+                .unwrap_or_default()
+                .into_iter()
+                .collect(),
         })
     }
 
@@ -351,9 +430,15 @@ impl Grants {
         let what = format!("{}.{}", class.capability, class.operation);
         match op {
             Op::K8sGetDeployment { namespace, name }
-            | Op::K8sScale { namespace, name, .. }
-            | Op::K8sRolloutUndo { namespace, name, .. }
-            | Op::K8sWaitReady { namespace, name, .. } => {
+            | Op::K8sScale {
+                namespace, name, ..
+            }
+            | Op::K8sRolloutUndo {
+                namespace, name, ..
+            }
+            | Op::K8sWaitReady {
+                namespace, name, ..
+            } => {
                 let g = self.k8s_op(&what, class.operation)?;
                 let full = format!("{namespace}/{name}");
                 if !g.deployments.contains(&full) {
@@ -396,7 +481,11 @@ impl Grants {
                 Ok(())
             }
             Op::K8sClusterReachable {} => self.k8s_op(&what, class.operation).map(|_| ()),
-            Op::PgRestore { database, bucket, key } => {
+            Op::PgRestore {
+                database,
+                bucket,
+                key,
+            } => {
                 self.pg_db(&what, class.operation, database)?;
                 self.object_location(&what, bucket, key)
             }
@@ -413,7 +502,9 @@ impl Grants {
             }
             Op::HealthCheck { target } | Op::HealthWaitHealthy { target, .. } => {
                 let Some(targets) = &self.health else {
-                    return Err(format!("{what}: health is not granted by the runbook ([grants.health])"));
+                    return Err(format!(
+                        "{what}: health is not granted by the runbook ([grants.health])"
+                    ));
                 };
                 if !targets.contains(*target) {
                     return Err(format!(
@@ -443,7 +534,9 @@ impl Grants {
 
     fn k8s_op(&self, what: &str, operation: &str) -> Result<&K8sGrant, String> {
         let Some(g) = &self.k8s else {
-            return Err(format!("{what}: k8s is not granted by the runbook ([grants.k8s])"));
+            return Err(format!(
+                "{what}: k8s is not granted by the runbook ([grants.k8s])"
+            ));
         };
         if !g.operations.contains(operation) {
             return Err(format!(
@@ -456,7 +549,9 @@ impl Grants {
 
     fn pg_db(&self, what: &str, operation: &str, database: &str) -> Result<(), String> {
         let Some(g) = &self.postgres else {
-            return Err(format!("{what}: postgres is not granted by the runbook ([grants.postgres])"));
+            return Err(format!(
+                "{what}: postgres is not granted by the runbook ([grants.postgres])"
+            ));
         };
         if !g.operations.contains(operation) {
             return Err(format!(
@@ -557,22 +652,103 @@ mod tests {
 
     #[test]
     fn decisions() {
-        check(Op::K8sScale { namespace: "prod", name: "backend", replicas: 0 }, true);
-        check(Op::K8sScale { namespace: "prod", name: "payments", replicas: 0 }, false);
-        check(Op::K8sScale { namespace: "other", name: "backend", replicas: 0 }, false);
-        check(Op::K8sRolloutUndo { namespace: "prod", name: "backend", to_revision: None }, false);
+        check(
+            Op::K8sScale {
+                namespace: "prod",
+                name: "backend",
+                replicas: 0,
+            },
+            true,
+        );
+        check(
+            Op::K8sScale {
+                namespace: "prod",
+                name: "payments",
+                replicas: 0,
+            },
+            false,
+        );
+        check(
+            Op::K8sScale {
+                namespace: "other",
+                name: "backend",
+                replicas: 0,
+            },
+            false,
+        );
+        check(
+            Op::K8sRolloutUndo {
+                namespace: "prod",
+                name: "backend",
+                to_revision: None,
+            },
+            false,
+        );
         check(Op::K8sApply { bundle: "ns" }, false);
         check(Op::PgIntegrityCheck { database: "db" }, false);
-        check(Op::ObjNewest { bucket: "backups", prefix: "postgres/" }, true);
-        check(Op::ObjHead { bucket: "backups", key: "postgres/x.dump" }, true);
-        check(Op::ObjHead { bucket: "backups", key: "postgres/../secrets/x" }, false);
-        check(Op::ObjHead { bucket: "backups", key: "postgres//x" }, false);
-        check(Op::ObjHead { bucket: "backups", key: "other/x" }, false);
-        check(Op::ObjHead { bucket: "other", key: "postgres/x" }, false);
+        check(
+            Op::ObjNewest {
+                bucket: "backups",
+                prefix: "postgres/",
+            },
+            true,
+        );
+        check(
+            Op::ObjHead {
+                bucket: "backups",
+                key: "postgres/x.dump",
+            },
+            true,
+        );
+        check(
+            Op::ObjHead {
+                bucket: "backups",
+                key: "postgres/../secrets/x",
+            },
+            false,
+        );
+        check(
+            Op::ObjHead {
+                bucket: "backups",
+                key: "postgres//x",
+            },
+            false,
+        );
+        check(
+            Op::ObjHead {
+                bucket: "backups",
+                key: "other/x",
+            },
+            false,
+        );
+        check(
+            Op::ObjHead {
+                bucket: "other",
+                key: "postgres/x",
+            },
+            false,
+        );
         check(Op::HealthCheck { target: "api" }, true);
-        check(Op::HealthCheck { target: "http://169.254.169.254/" }, false);
-        check(Op::OperatorNotify { channel: "status", message: "m" }, true);
-        check(Op::OperatorNotify { channel: "chat", message: "m" }, false);
+        check(
+            Op::HealthCheck {
+                target: "http://169.254.169.254/",
+            },
+            false,
+        );
+        check(
+            Op::OperatorNotify {
+                channel: "status",
+                message: "m",
+            },
+            true,
+        );
+        check(
+            Op::OperatorNotify {
+                channel: "chat",
+                message: "m",
+            },
+            false,
+        );
         check(Op::OperatorConfirm { question: "q" }, true);
         check(Op::StateSet { key: "k", bytes: 1 }, true);
     }

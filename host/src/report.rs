@@ -21,7 +21,11 @@ pub fn render(report: &RunReport) -> String {
         &p.sha256[..p.sha256.len().min(12)],
         if report.dry_run { " — DRY RUN" } else { "" }
     );
-    let _ = writeln!(s, "  {:<22} {:>9} {:>9}  {:<9} result", "step", "elapsed", "budget", "status");
+    let _ = writeln!(
+        s,
+        "  {:<22} {:>9} {:>9}  {:<9} result",
+        "step", "elapsed", "budget", "status"
+    );
     for st in &report.steps {
         let over = st.elapsed > st.budget;
         let _ = writeln!(
@@ -38,35 +42,61 @@ pub fn render(report: &RunReport) -> String {
     for id in &report.skipped {
         let _ = writeln!(s, "  {id:<22} {:>9} {:>9}  skipped", "-", "-");
     }
-    let pct = 100.0 * report.elapsed.as_secs_f64() / report.rto.as_secs_f64().max(f64::MIN_POSITIVE);
+    let pct =
+        100.0 * report.elapsed.as_secs_f64() / report.rto.as_secs_f64().max(f64::MIN_POSITIVE);
     let _ = writeln!(
         s,
         "  total {} of {} RTO ({pct:.1}%){}",
         fmt_duration(report.elapsed),
         fmt_duration(report.rto),
-        if report.elapsed > report.rto { " — RTO EXCEEDED" } else { "" }
+        if report.elapsed > report.rto {
+            " — RTO EXCEEDED"
+        } else {
+            ""
+        }
     );
     let verdict = match &report.outcome {
         RunOutcome::Completed => "completed: every step done".to_owned(),
         RunOutcome::Stopped { step, status } => match status {
             StepStatus::Halted(m) => format!("halted by the plugin in step {step}: {m}"),
-            other => format!("STOPPED in step {step} ({}): {}", other.name(), other.message()),
+            other => format!(
+                "STOPPED in step {step} ({}): {}",
+                other.name(),
+                other.message()
+            ),
         },
     };
     let _ = writeln!(s, "  outcome: {verdict}");
     let intended = report.intended_mutations();
     if report.dry_run {
-        let _ = writeln!(s, "  dry run: {} mutation(s) would have been made:", intended.len());
+        let _ = writeln!(
+            s,
+            "  dry run: {} mutation(s) would have been made:",
+            intended.len()
+        );
         for c in intended {
-            let _ = writeln!(s, "    [{}] {}", c.step, c.render().trim_end_matches(" => dry-run"));
+            let _ = writeln!(
+                s,
+                "    [{}] {}",
+                c.step,
+                c.render().trim_end_matches(" => dry-run")
+            );
         }
     }
-    let denied = report.calls.iter().filter(|c| c.status == crate::gate::CallStatus::Denied).count();
+    let denied = report
+        .calls
+        .iter()
+        .filter(|c| c.status == crate::gate::CallStatus::Denied)
+        .count();
     if denied > 0 {
         let _ = writeln!(s, "  {denied} call(s) denied by policy (see the audit log)");
     }
     let _ = writeln!(s, "  audit log: {}", report.audit_path.display());
-    let _ = writeln!(s, "  verify it: drhost audit verify {}", report.audit_path.display());
+    let _ = writeln!(
+        s,
+        "  verify it: drhost audit verify {}",
+        report.audit_path.display()
+    );
     s
 }
 

@@ -183,8 +183,8 @@ impl Runbook {
         };
         let dir = path.parent().unwrap_or(Path::new("."));
 
-        let (name, req) = parse_requirement(&raw.plugin.require)
-            .map_err(|p| invalid("plugin.require", p))?;
+        let (name, req) =
+            parse_requirement(&raw.plugin.require).map_err(|p| invalid("plugin.require", p))?;
         let sha256 = match raw.plugin.sha256 {
             Some(s) => {
                 let s = s.to_ascii_lowercase();
@@ -244,13 +244,15 @@ impl Runbook {
         for (step, d) in raw.budgets {
             let d = parse_duration(&d).map_err(|p| invalid(&format!("budgets.{step}"), p))?;
             if d.is_zero() {
-                return Err(invalid(&format!("budgets.{step}"), "must not be zero".into()));
+                return Err(invalid(
+                    &format!("budgets.{step}"),
+                    "must not be zero".into(),
+                ));
             }
             budgets.insert(step, d);
         }
-        let grants = Grants::validate(raw.grants).map_err(|(field, problem)| {
-            invalid(&format!("grants.{field}"), problem)
-        })?;
+        let grants = Grants::validate(raw.grants)
+            .map_err(|(field, problem)| invalid(&format!("grants.{field}"), problem))?;
         Ok(Runbook {
             path: path.to_owned(),
             plugin,
@@ -293,8 +295,11 @@ pub fn parse_requirement(s: &str) -> Result<(String, semver::VersionReq), String
 /// # Errors
 /// A message naming the accepted forms.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    humantime::parse_duration(s.trim())
-        .map_err(|e| format!("is not a duration ({e}); write e.g. \"500ms\", \"90s\", \"15m\", \"1h30m\", got {s:?}"))
+    humantime::parse_duration(s.trim()).map_err(|e| {
+        format!(
+            "is not a duration ({e}); write e.g. \"500ms\", \"90s\", \"15m\", \"1h30m\", got {s:?}"
+        )
+    })
 }
 
 /// Formats a duration for people: `850ms`, `12.4s`, `14m05s`, `1h02m`.

@@ -213,7 +213,10 @@ pub struct RunReport {
 impl RunReport {
     /// Mutations that a dry run simulated instead of performing.
     pub fn intended_mutations(&self) -> Vec<&CallRecord> {
-        self.calls.iter().filter(|c| c.status == CallStatus::DryRun).collect()
+        self.calls
+            .iter()
+            .filter(|c| c.status == CallStatus::DryRun)
+            .collect()
     }
 }
 
@@ -221,7 +224,12 @@ impl RunReport {
 pub fn new_run_id() -> String {
     use std::hash::{BuildHasher, Hasher};
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u128(SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().as_nanos());
+    h.write_u128(
+        SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos(),
+    );
     let t = humantime::format_rfc3339_seconds(SystemTime::now()).to_string();
     let compact: String = t.chars().filter(|c| c.is_ascii_alphanumeric()).collect();
     format!("{compact}-{:04x}", h.finish() & 0xffff)
@@ -301,7 +309,13 @@ fn budgets(plugin: &Plugin, runbook: &Runbook) -> Result<Vec<Duration>, String> 
             return Err(format!(
                 "budgets.{k} names no step of {} (steps: {})",
                 plugin.info.name,
-                plugin.info.steps.iter().map(|s| s.id.as_str()).collect::<Vec<_>>().join(", ")
+                plugin
+                    .info
+                    .steps
+                    .iter()
+                    .map(|s| s.id.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
             ));
         }
     }
@@ -321,7 +335,9 @@ fn budgets(plugin: &Plugin, runbook: &Runbook) -> Result<Vec<Duration>, String> 
 
 /// The RTO of a run: the runbook's override, else the plugin's.
 pub fn rto(plugin: &Plugin, runbook: &Runbook) -> Duration {
-    runbook.rto.unwrap_or(Duration::from_millis(plugin.info.rto_ms))
+    runbook
+        .rto
+        .unwrap_or(Duration::from_millis(plugin.info.rto_ms))
 }
 
 /// Runs `plugin` under `runbook` against `caps`.
@@ -393,12 +409,25 @@ pub async fn run(
                 status: declined,
                 output: String::new(),
             },
-            None => run_step(engine, plugin, &gate, info, *budget, &params, runbook.memory_limit_bytes).await?,
+            None => {
+                run_step(
+                    engine,
+                    plugin,
+                    &gate,
+                    info,
+                    *budget,
+                    &params,
+                    runbook.memory_limit_bytes,
+                )
+                .await?
+            }
         };
         gate.record_durable(
             Event::new(EventKind::StepEnd)
                 .step(info.id.clone())
-                .outcome(json!({ "status": report.status.name(), "message": report.status.message() }))
+                .outcome(
+                    json!({ "status": report.status.name(), "message": report.status.message() }),
+                )
                 .duration(step_started.elapsed()),
         )?;
         observer.step_finished(&report);
@@ -421,13 +450,20 @@ pub async fn run(
                 info.id
             );
             observer.warning(&msg);
-            gate.record(Event::new(EventKind::Note).step(info.id.clone()).message(msg))?;
+            gate.record(
+                Event::new(EventKind::Note)
+                    .step(info.id.clone())
+                    .message(msg),
+            )?;
         }
         if stop {
             break;
         }
     }
-    let skipped: Vec<String> = plugin.info.steps[steps.len()..].iter().map(|s| s.id.clone()).collect();
+    let skipped: Vec<String> = plugin.info.steps[steps.len()..]
+        .iter()
+        .map(|s| s.id.clone())
+        .collect();
     let elapsed = started.elapsed();
     let (name, step, message) = outcome.parts();
     gate.record_durable(
@@ -465,7 +501,10 @@ async fn approve_step(gate: &Gate, info: &StepInfo) -> Option<StepStatus> {
     let request = ApprovalRequest {
         step: info.id.clone(),
         kind: ApprovalKind::Step,
-        question: format!("Run step {:?} ({}), which changes the environment?", info.id, info.title),
+        question: format!(
+            "Run step {:?} ({}), which changes the environment?",
+            info.id, info.title
+        ),
     };
     match gate.approve(request).await {
         Ok(a) if a.approved => None,
@@ -473,7 +512,9 @@ async fn approve_step(gate: &Gate, info: &StepInfo) -> Option<StepStatus> {
             "step {} not approved by {}; nothing in it was done",
             info.id, a.by
         ))),
-        Err(e) => Some(StepStatus::Declined(format!("approval could not be recorded: {e}"))),
+        Err(e) => Some(StepStatus::Declined(format!(
+            "approval could not be recorded: {e}"
+        ))),
     }
 }
 
@@ -518,18 +559,25 @@ async fn run_step(
         Ok(Ok(Ok(StepOutcome::Halt(m)))) => StepStatus::Halted(m),
         Ok(Ok(Err(m))) => StepStatus::Failed(m),
         Ok(Err(e)) if matches!(e.downcast_ref::<Trap>(), Some(Trap::Interrupt)) => timed_out(),
-        Ok(Err(e)) => StepStatus::Trapped(format!(
-            "plugin {}",
-            explain_trap(&e, &output, budget)
-        )),
+        Ok(Err(e)) => StepStatus::Trapped(format!("plugin {}", explain_trap(&e, &output, budget))),
         Err(_) => timed_out(),
     };
     match &status {
         StepStatus::TimedOut(m) => {
-            gate.record_durable(Event::new(EventKind::Timeout).step(info.id.clone()).message(m.clone()).duration(elapsed))?;
+            gate.record_durable(
+                Event::new(EventKind::Timeout)
+                    .step(info.id.clone())
+                    .message(m.clone())
+                    .duration(elapsed),
+            )?;
         }
         StepStatus::Trapped(m) => {
-            gate.record_durable(Event::new(EventKind::Trap).step(info.id.clone()).message(m.clone()).duration(elapsed))?;
+            gate.record_durable(
+                Event::new(EventKind::Trap)
+                    .step(info.id.clone())
+                    .message(m.clone())
+                    .duration(elapsed),
+            )?;
         }
         _ => {}
     }

@@ -26,7 +26,9 @@ use drhost::fixture::{Fixture, check_expect};
 use drhost::gate::{CallRecord, CallStatus};
 use drhost::plugin::{self, Plugin};
 use drhost::runbook::{Runbook, fmt_duration};
-use drhost::runner::{self, RunObserver, RunOptions, RunOutcome, RunReport, StepReport, StepStatus};
+use drhost::runner::{
+    self, RunObserver, RunOptions, RunOutcome, RunReport, StepReport, StepStatus,
+};
 
 const EXIT_HELP: &str = "\
 Exit codes:
@@ -213,7 +215,18 @@ async fn dispatch(cli: Cli) -> Result<i32, Failure> {
                 None => None,
             };
             let plugin = load_for(&engine, &rb, &rb.plugin.path).await?;
-            let report = execute(&engine, &plugin, &rb, fixture.as_ref(), dry_run, yes, &audit_dir, verbose, false).await?;
+            let report = execute(
+                &engine,
+                &plugin,
+                &rb,
+                fixture.as_ref(),
+                dry_run,
+                yes,
+                &audit_dir,
+                verbose,
+                false,
+            )
+            .await?;
             if json {
                 let text = serde_json::to_string_pretty(&report).map_err(host_failure)?;
                 println!("{text}");
@@ -252,7 +265,11 @@ fn exit_code(outcome: &RunOutcome) -> i32 {
     }
 }
 
-async fn load_plugin(engine: &DrEngine, path: &Path, memory_limit: usize) -> Result<Plugin, Failure> {
+async fn load_plugin(
+    engine: &DrEngine,
+    path: &Path,
+    memory_limit: usize,
+) -> Result<Plugin, Failure> {
     let linker = plugin::linker(engine).map_err(|e| host_failure(anyhow::anyhow!("{e:#}")))?;
     plugin::load(engine, &linker, path, memory_limit)
         .await
@@ -295,7 +312,11 @@ async fn execute(
         }
     };
     if let Some(f) = fixture {
-        eprintln!("simulated environment: {} ({})", f.path.display(), f.description);
+        eprintln!(
+            "simulated environment: {} ({})",
+            f.path.display(),
+            f.description
+        );
     }
     let observer = Arc::new(Console::new(verbose > 0));
     let options = RunOptions {
@@ -312,7 +333,12 @@ async fn execute(
 }
 
 async fn describe(engine: &DrEngine, path: &Path, json: bool) -> Result<i32, Failure> {
-    let p = load_plugin(engine, path, drhost::runbook::DEFAULT_MEMORY_LIMIT_MIB as usize * 1024 * 1024).await?;
+    let p = load_plugin(
+        engine,
+        path,
+        drhost::runbook::DEFAULT_MEMORY_LIMIT_MIB as usize * 1024 * 1024,
+    )
+    .await?;
     let i = &p.info;
     if json {
         let v = serde_json::json!({
@@ -320,7 +346,10 @@ async fn describe(engine: &DrEngine, path: &Path, json: bool) -> Result<i32, Fai
             "summary": i.summary, "rto_ms": i.rto_ms, "params": i.params, "steps": i.steps,
             "imports": p.imports,
         });
-        println!("{}", serde_json::to_string_pretty(&v).map_err(host_failure)?);
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&v).map_err(host_failure)?
+        );
         return Ok(0);
     }
     println!("{}@{}  ({})", i.name, i.version, path.display());
@@ -333,14 +362,20 @@ async fn describe(engine: &DrEngine, path: &Path, json: bool) -> Result<i32, Fai
             LoadSource::Compiled => "compiled now",
         }
     );
-    println!("  RTO      {}", fmt_duration(Duration::from_millis(i.rto_ms)));
+    println!(
+        "  RTO      {}",
+        fmt_duration(Duration::from_millis(i.rto_ms))
+    );
     println!("  summary  {}", i.summary);
     println!("  params");
     for prm in &i.params {
         println!(
             "    {:<16} {:<28} {}",
             prm.name,
-            prm.default_value.as_deref().map(|d| format!("[default: {d}]")).unwrap_or_else(|| "[required]".into()),
+            prm.default_value
+                .as_deref()
+                .map(|d| format!("[default: {d}]"))
+                .unwrap_or_else(|| "[required]".into()),
             prm.description
         );
     }
@@ -369,12 +404,30 @@ async fn plan(engine: &DrEngine, runbook: &Path) -> Result<i32, Failure> {
     if let Err(e) = plugin::check_pin(&p, &rb.plugin, &rb.path) {
         problems.push(e.to_string());
     }
-    println!("plan for {} — plugin {}@{} ({})", runbook.display(), p.info.name, p.info.version, rb.plugin.path.display());
-    println!("  sha256 {}{}", p.sha256, if rb.plugin.sha256.is_some() { " (pinned)" } else { " (not pinned)" });
+    println!(
+        "plan for {} — plugin {}@{} ({})",
+        runbook.display(),
+        p.info.name,
+        p.info.version,
+        rb.plugin.path.display()
+    );
+    println!(
+        "  sha256 {}{}",
+        p.sha256,
+        if rb.plugin.sha256.is_some() {
+            " (pinned)"
+        } else {
+            " (not pinned)"
+        }
+    );
     println!("  imports:");
     for iface in &p.contract_imports {
         let ok = rb.grants.grants_interface(iface);
-        println!("    {:<14} {}", iface, if ok { "granted" } else { "NOT GRANTED" });
+        println!(
+            "    {:<14} {}",
+            iface,
+            if ok { "granted" } else { "NOT GRANTED" }
+        );
     }
     if let Err(e) = plugin::check_grants(&p, &rb.grants, &rb.path) {
         problems.push(e.to_string());
@@ -392,36 +445,70 @@ async fn plan(engine: &DrEngine, runbook: &Path) -> Result<i32, Failure> {
             "    {:<22} budget {:>8} ({from})  {}  {}",
             s.id,
             fmt_duration(budget),
-            if s.mutates { "needs approval" } else { "read-only     " },
+            if s.mutates {
+                "needs approval"
+            } else {
+                "read-only     "
+            },
             s.title
         );
     }
-    println!("  sum of budgets {} vs RTO {}{}", fmt_duration(total), fmt_duration(rto), if total > rto { " — budgets exceed the RTO" } else { "" });
+    println!(
+        "  sum of budgets {} vs RTO {}{}",
+        fmt_duration(total),
+        fmt_duration(rto),
+        if total > rto {
+            " — budgets exceed the RTO"
+        } else {
+            ""
+        }
+    );
     for k in rb.budgets.keys() {
         if !p.info.steps.iter().any(|s| &s.id == k) {
-            problems.push(format!("{}: budgets.{k} names no step of the plugin", rb.path.display()));
+            problems.push(format!(
+                "{}: budgets.{k} names no step of the plugin",
+                rb.path.display()
+            ));
         }
     }
     println!("  params:");
     for prm in &p.info.params {
         let v = rb.params.get(&prm.name).or(prm.default_value.as_ref());
-        println!("    {:<16} = {}", prm.name, v.map(String::as_str).unwrap_or("(unset)"));
+        println!(
+            "    {:<16} = {}",
+            prm.name,
+            v.map(String::as_str).unwrap_or("(unset)")
+        );
     }
     for k in rb.params.keys() {
         if !p.info.params.iter().any(|prm| &prm.name == k) {
-            problems.push(format!("{}: params.{k} is not a parameter of the plugin", rb.path.display()));
+            problems.push(format!(
+                "{}: params.{k} is not a parameter of the plugin",
+                rb.path.display()
+            ));
         }
     }
     let g = &rb.grants;
     println!("  grants:");
     if let Some(k) = &g.k8s {
-        println!("    k8s: operations {:?}; deployments {:?}; bundles {:?}; secrets {:?}", k.operations, k.deployments, k.bundles, k.secrets);
+        println!(
+            "    k8s: operations {:?}; deployments {:?}; bundles {:?}; secrets {:?}",
+            k.operations, k.deployments, k.bundles, k.secrets
+        );
     }
     if let Some(pg) = &g.postgres {
-        println!("    postgres: operations {:?}; databases {:?}", pg.operations, pg.databases);
+        println!(
+            "    postgres: operations {:?}; databases {:?}",
+            pg.operations, pg.databases
+        );
     }
     if let Some(o) = &g.object_store {
-        println!("    object-store: {:?}", o.iter().map(|(b, p)| format!("{b}/{p}")).collect::<Vec<_>>());
+        println!(
+            "    object-store: {:?}",
+            o.iter()
+                .map(|(b, p)| format!("{b}/{p}"))
+                .collect::<Vec<_>>()
+        );
     }
     if let Some(h) = &g.health {
         println!("    health targets: {h:?}");
@@ -471,7 +558,18 @@ async fn test(
     };
     // Tests never prompt: what [operator] does not script is answered as
     // with --yes.
-    let report = execute(engine, &plugin, &rb, Some(&fixture), false, true, &dir, verbose, true).await;
+    let report = execute(
+        engine,
+        &plugin,
+        &rb,
+        Some(&fixture),
+        false,
+        true,
+        &dir,
+        verbose,
+        true,
+    )
+    .await;
     let report = report?;
     let verified = drhost::audit::verify(&report.audit_path).map_err(host_failure)?;
     let mut failures = check_expect(&expect, &report);
@@ -480,7 +578,11 @@ async fn test(
     }
     let name = fixture_path.display();
     if failures.is_empty() {
-        println!("PASS {name}: {} ({})", report.outcome.parts().0, fixture.description);
+        println!(
+            "PASS {name}: {} ({})",
+            report.outcome.parts().0,
+            fixture.description
+        );
         Ok(0)
     } else {
         println!("FAIL {name}: {}", fixture.description);
@@ -499,7 +601,11 @@ impl Drop for TempDir {
     }
 }
 fn tempdir() -> anyhow::Result<TempDir> {
-    let dir = std::env::temp_dir().join(format!("drhost-test-{}-{}", std::process::id(), runner::new_run_id()));
+    let dir = std::env::temp_dir().join(format!(
+        "drhost-test-{}-{}",
+        std::process::id(),
+        runner::new_run_id()
+    ));
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
     Ok(TempDir(dir))
 }
@@ -537,7 +643,13 @@ impl Console {
 }
 
 impl RunObserver for Console {
-    fn step_started(&self, index: usize, total: usize, step: &drhost::bindings::StepInfo, budget: Duration) {
+    fn step_started(
+        &self,
+        index: usize,
+        total: usize,
+        step: &drhost::bindings::StepInfo,
+        budget: Duration,
+    ) {
         self.line(&format!(
             "▶ [{index}/{total}] {} — {} (budget {}{})",
             step.id,
@@ -554,7 +666,12 @@ impl RunObserver for Console {
                 while !s2.load(Ordering::SeqCst) {
                     if !PROMPT_ACTIVE.load(Ordering::SeqCst) {
                         let mut e = std::io::stderr();
-                        let _ = write!(e, "\r\x1b[2K  … {id} {} / {}", fmt_duration(started.elapsed()), fmt_duration(budget));
+                        let _ = write!(
+                            e,
+                            "\r\x1b[2K  … {id} {} / {}",
+                            fmt_duration(started.elapsed()),
+                            fmt_duration(budget)
+                        );
                         let _ = e.flush();
                     }
                     std::thread::sleep(Duration::from_millis(200));
@@ -595,7 +712,11 @@ impl RunObserver for Console {
             self.line(&format!(
                 "    · {}{}",
                 c.render(),
-                if c.detail.is_empty() { String::new() } else { format!(" ({})", c.detail) }
+                if c.detail.is_empty() {
+                    String::new()
+                } else {
+                    format!(" ({})", c.detail)
+                }
             ));
         }
     }
@@ -604,7 +725,11 @@ impl RunObserver for Console {
         self.line(&format!(
             "    ? {} -> {} by {}",
             request.question,
-            if answer.approved { "approved" } else { "REFUSED" },
+            if answer.approved {
+                "approved"
+            } else {
+                "REFUSED"
+            },
             answer.by
         ));
     }

@@ -21,7 +21,11 @@ impl Level {
 }
 
 impl Host for PluginCtx {
-    async fn log(&mut self, level: Level, message: String) -> wasmtime::Result<Result<(), CapError>> {
+    async fn log(
+        &mut self,
+        level: Level,
+        message: String,
+    ) -> wasmtime::Result<Result<(), CapError>> {
         if message.len() > MAX_MESSAGE_BYTES {
             return Ok(Err(CapError::Invalid(format!(
                 "log message of {} bytes exceeds the {MAX_MESSAGE_BYTES}-byte limit",

@@ -111,7 +111,9 @@ impl StateStore {
     }
 
     fn persist(&self, map: &BTreeMap<String, String>) -> Result<(), CapError> {
-        let Some(file) = &self.file else { return Ok(()) };
+        let Some(file) = &self.file else {
+            return Ok(());
+        };
         let fail = |e: std::io::Error| {
             CapError::Failed(format!("cannot write state file {}: {e}", file.display()))
         };
@@ -144,7 +146,10 @@ impl Host for PluginCtx {
 
     async fn set(&mut self, key: String, value: String) -> wasmtime::Result<Result<(), CapError>> {
         let store = self.caps().state.clone();
-        let op = Op::StateSet { key: &key, bytes: value.len() };
+        let op = Op::StateSet {
+            key: &key,
+            bytes: value.len(),
+        };
         self.call(op, async { store.set(&key, &value) }, None).await
     }
 

@@ -67,7 +67,10 @@ impl MockHealth {
         let mut targets = BTreeMap::new();
         for t in f.targets {
             if t.statuses.is_empty() {
-                return Err(format!("health.targets {:?}: statuses must not be empty", t.name));
+                return Err(format!(
+                    "health.targets {:?}: statuses must not be empty",
+                    t.name
+                ));
             }
             targets.insert(
                 t.name,
@@ -90,9 +93,9 @@ impl MockHealth {
     /// One answer; also says whether any later answer could differ.
     fn answer(&self, target: &str) -> Result<(CheckResult, bool), CapError> {
         let mut map = lock(&self.targets);
-        let t = map
-            .get_mut(target)
-            .ok_or_else(|| CapError::NotFound(format!("health target {target:?} is not defined")))?;
+        let t = map.get_mut(target).ok_or_else(|| {
+            CapError::NotFound(format!("health target {target:?} is not defined"))
+        })?;
         let i = t.next.min(t.statuses.len() - 1);
         t.next += 1;
         let status = t.statuses[i];

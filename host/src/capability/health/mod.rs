@@ -36,7 +36,8 @@ impl HealthBackend for super::Unavailable {
 impl Host for PluginCtx {
     async fn check(&mut self, target: String) -> wasmtime::Result<Result<CheckResult, CapError>> {
         let b = self.caps().health.clone();
-        self.call(Op::HealthCheck { target: &target }, b.check(&target), None).await
+        self.call(Op::HealthCheck { target: &target }, b.check(&target), None)
+            .await
     }
 
     async fn wait_healthy(
@@ -46,7 +47,10 @@ impl Host for PluginCtx {
     ) -> wasmtime::Result<Result<CheckResult, CapError>> {
         let b = self.caps().health.clone();
         let timeout = self.clip(Duration::from_millis(timeout_ms));
-        let op = Op::HealthWaitHealthy { target: &target, timeout_ms };
+        let op = Op::HealthWaitHealthy {
+            target: &target,
+            timeout_ms,
+        };
         self.call(op, b.wait_healthy(&target, timeout), None).await
     }
 }

@@ -13,7 +13,11 @@ use crate::bindings::k8s::DeploymentStatus;
 #[async_trait]
 pub trait K8sBackend: Send + Sync {
     /// Status of one deployment.
-    async fn get_deployment(&self, namespace: &str, name: &str) -> Result<DeploymentStatus, CapError>;
+    async fn get_deployment(
+        &self,
+        namespace: &str,
+        name: &str,
+    ) -> Result<DeploymentStatus, CapError>;
     /// Sets the replica count; returns the previous one.
     async fn scale(&self, namespace: &str, name: &str, replicas: u32) -> Result<u32, CapError>;
     /// Rolls back; returns the revision now in effect.
@@ -35,7 +39,12 @@ pub trait K8sBackend: Send + Sync {
     /// object.
     async fn apply(&self, bundle: &str) -> Result<Vec<String>, CapError>;
     /// Replaces a secret from a named secret source.
-    async fn replace_secret(&self, namespace: &str, name: &str, source: &str) -> Result<(), CapError>;
+    async fn replace_secret(
+        &self,
+        namespace: &str,
+        name: &str,
+        source: &str,
+    ) -> Result<(), CapError>;
     /// The API server's version.
     async fn cluster_reachable(&self) -> Result<String, CapError>;
 }
@@ -51,7 +60,12 @@ impl K8sBackend for super::super::Unavailable {
     async fn rollout_undo(&self, _: &str, _: &str, _: Option<u64>) -> Result<u64, CapError> {
         Err(self.err("k8s"))
     }
-    async fn wait_ready(&self, _: &str, _: &str, _: Duration) -> Result<DeploymentStatus, CapError> {
+    async fn wait_ready(
+        &self,
+        _: &str,
+        _: &str,
+        _: Duration,
+    ) -> Result<DeploymentStatus, CapError> {
         Err(self.err("k8s"))
     }
     async fn apply(&self, _: &str) -> Result<Vec<String>, CapError> {

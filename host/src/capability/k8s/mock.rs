@@ -89,7 +89,11 @@ impl Deployment {
             ready,
             available: ready,
             revision,
-            images: if image.is_empty() { vec![] } else { vec![image] },
+            images: if image.is_empty() {
+                vec![]
+            } else {
+                vec![image]
+            },
         }
     }
     fn touch(&mut self) {
@@ -162,7 +166,9 @@ impl MockK8s {
 
     /// How many times a secret was replaced (0 if never, None if unknown).
     pub fn secret_version(&self, namespace: &str, name: &str) -> Option<u32> {
-        lock(&self.secrets).get(&format!("{namespace}/{name}")).copied()
+        lock(&self.secrets)
+            .get(&format!("{namespace}/{name}"))
+            .copied()
     }
 
     fn with<T>(
@@ -193,13 +199,19 @@ impl MockK8s {
 
 #[async_trait]
 impl K8sBackend for MockK8s {
-    async fn get_deployment(&self, namespace: &str, name: &str) -> Result<DeploymentStatus, CapError> {
-        self.enter("get-deployment", format!("{namespace}/{name}")).await?;
+    async fn get_deployment(
+        &self,
+        namespace: &str,
+        name: &str,
+    ) -> Result<DeploymentStatus, CapError> {
+        self.enter("get-deployment", format!("{namespace}/{name}"))
+            .await?;
         self.with(namespace, name, |d| Ok(d.status(namespace, name)))
     }
 
     async fn scale(&self, namespace: &str, name: &str, replicas: u32) -> Result<u32, CapError> {
-        self.enter("scale", format!("{namespace}/{name} {replicas}")).await?;
+        self.enter("scale", format!("{namespace}/{name} {replicas}"))
+            .await?;
         self.with(namespace, name, |d| {
             let prev = d.replicas;
             if prev != replicas {
@@ -216,7 +228,11 @@ impl K8sBackend for MockK8s {
         name: &str,
         to_revision: Option<u64>,
     ) -> Result<u64, CapError> {
-        self.enter("rollout-undo", format!("{namespace}/{name} {to_revision:?}")).await?;
+        self.enter(
+            "rollout-undo",
+            format!("{namespace}/{name} {to_revision:?}"),
+        )
+        .await?;
         self.with(namespace, name, |d| {
             let target = match to_revision {
                 Some(r) => d
@@ -251,13 +267,17 @@ impl K8sBackend for MockK8s {
         name: &str,
         timeout: Duration,
     ) -> Result<DeploymentStatus, CapError> {
-        self.enter("wait-ready", format!("{namespace}/{name}")).await?;
+        self.enter("wait-ready", format!("{namespace}/{name}"))
+            .await?;
         let (never, remaining) = self.with(namespace, name, |d| {
             let rem = match d.changed_at {
                 Some(t) => d.ready_delay.saturating_sub(t.elapsed()),
                 None => Duration::ZERO,
             };
-            Ok((d.never_ready && d.changed_at.is_some() && d.replicas > 0, rem))
+            Ok((
+                d.never_ready && d.changed_at.is_some() && d.replicas > 0,
+                rem,
+            ))
         })?;
         if never {
             return Err(CapError::TimedOut(format!(
@@ -284,12 +304,22 @@ impl K8sBackend for MockK8s {
             .ok_or_else(|| CapError::NotFound(format!("manifest bundle {bundle:?} not found")))
     }
 
-    async fn replace_secret(&self, namespace: &str, name: &str, source: &str) -> Result<(), CapError> {
-        self.enter("replace-secret", format!("{namespace}/{name} {source}")).await?;
+    async fn replace_secret(
+        &self,
+        namespace: &str,
+        name: &str,
+        source: &str,
+    ) -> Result<(), CapError> {
+        self.enter("replace-secret", format!("{namespace}/{name} {source}"))
+            .await?;
         if !self.secret_sources.contains(source) {
-            return Err(CapError::NotFound(format!("secret source {source:?} is not configured")));
+            return Err(CapError::NotFound(format!(
+                "secret source {source:?} is not configured"
+            )));
         }
-        *lock(&self.secrets).entry(format!("{namespace}/{name}")).or_insert(0) += 1;
+        *lock(&self.secrets)
+            .entry(format!("{namespace}/{name}"))
+            .or_insert(0) += 1;
         Ok(())
     }
 

@@ -20,8 +20,12 @@ impl Host for PluginCtx {
         name: String,
     ) -> wasmtime::Result<Result<DeploymentStatus, CapError>> {
         let b = self.caps().k8s.clone();
-        let op = Op::K8sGetDeployment { namespace: &namespace, name: &name };
-        self.call(op, b.get_deployment(&namespace, &name), None).await
+        let op = Op::K8sGetDeployment {
+            namespace: &namespace,
+            name: &name,
+        };
+        self.call(op, b.get_deployment(&namespace, &name), None)
+            .await
     }
 
     async fn scale(
@@ -31,10 +35,19 @@ impl Host for PluginCtx {
         replicas: u32,
     ) -> wasmtime::Result<Result<u32, CapError>> {
         let b = self.caps().k8s.clone();
-        let op = Op::K8sScale { namespace: &namespace, name: &name, replicas };
+        let op = Op::K8sScale {
+            namespace: &namespace,
+            name: &name,
+            replicas,
+        };
         // Dry run: report the current count as "previous", read for real.
         let dry = async { b.get_deployment(&namespace, &name).await.map(|d| d.desired) };
-        self.call(op, b.scale(&namespace, &name, replicas), Some(Box::pin(dry))).await
+        self.call(
+            op,
+            b.scale(&namespace, &name, replicas),
+            Some(Box::pin(dry)),
+        )
+        .await
     }
 
     async fn rollout_undo(
@@ -44,13 +57,21 @@ impl Host for PluginCtx {
         to_revision: Option<u64>,
     ) -> wasmtime::Result<Result<u64, CapError>> {
         let b = self.caps().k8s.clone();
-        let op = Op::K8sRolloutUndo { namespace: &namespace, name: &name, to_revision };
+        let op = Op::K8sRolloutUndo {
+            namespace: &namespace,
+            name: &name,
+            to_revision,
+        };
         let dry = async {
             let d = b.get_deployment(&namespace, &name).await?;
             Ok(to_revision.unwrap_or(d.revision))
         };
-        self.call(op, b.rollout_undo(&namespace, &name, to_revision), Some(Box::pin(dry)))
-            .await
+        self.call(
+            op,
+            b.rollout_undo(&namespace, &name, to_revision),
+            Some(Box::pin(dry)),
+        )
+        .await
     }
 
     async fn wait_ready(
@@ -60,9 +81,14 @@ impl Host for PluginCtx {
         timeout_ms: u64,
     ) -> wasmtime::Result<Result<DeploymentStatus, CapError>> {
         let b = self.caps().k8s.clone();
-        let op = Op::K8sWaitReady { namespace: &namespace, name: &name, timeout_ms };
+        let op = Op::K8sWaitReady {
+            namespace: &namespace,
+            name: &name,
+            timeout_ms,
+        };
         let timeout = self.clip(Duration::from_millis(timeout_ms));
-        self.call(op, b.wait_ready(&namespace, &name, timeout), None).await
+        self.call(op, b.wait_ready(&namespace, &name, timeout), None)
+            .await
     }
 
     async fn apply(&mut self, bundle: String) -> wasmtime::Result<Result<Vec<String>, CapError>> {
@@ -79,14 +105,23 @@ impl Host for PluginCtx {
         source: String,
     ) -> wasmtime::Result<Result<(), CapError>> {
         let b = self.caps().k8s.clone();
-        let op = Op::K8sReplaceSecret { namespace: &namespace, name: &name, source: &source };
+        let op = Op::K8sReplaceSecret {
+            namespace: &namespace,
+            name: &name,
+            source: &source,
+        };
         let dry = async { Ok(()) };
-        self.call(op, b.replace_secret(&namespace, &name, &source), Some(Box::pin(dry)))
-            .await
+        self.call(
+            op,
+            b.replace_secret(&namespace, &name, &source),
+            Some(Box::pin(dry)),
+        )
+        .await
     }
 
     async fn cluster_reachable(&mut self) -> wasmtime::Result<Result<String, CapError>> {
         let b = self.caps().k8s.clone();
-        self.call(Op::K8sClusterReachable {}, b.cluster_reachable(), None).await
+        self.call(Op::K8sClusterReachable {}, b.cluster_reachable(), None)
+            .await
     }
 }

@@ -60,7 +60,8 @@ pub struct MockObject {
 
 impl MockObject {
     fn info(&self) -> ObjectInfo {
-        let ms = |t: SystemTime| t.duration_since(UNIX_EPOCH).unwrap_or_default().as_millis() as u64;
+        let ms =
+            |t: SystemTime| t.duration_since(UNIX_EPOCH).unwrap_or_default().as_millis() as u64;
         ObjectInfo {
             bucket: self.bucket.clone(),
             key: self.key.clone(),
@@ -88,7 +89,11 @@ impl MockObjectStore {
     ///
     /// # Errors
     /// A message naming the bad field.
-    pub fn new(f: ObjectStoreFixture, faults: Faults, log: MockLog) -> Result<MockObjectStore, String> {
+    pub fn new(
+        f: ObjectStoreFixture,
+        faults: Faults,
+        log: MockLog,
+    ) -> Result<MockObjectStore, String> {
         let now = SystemTime::now();
         let mut objects = Vec::new();
         for (i, o) in f.objects.into_iter().enumerate() {
@@ -103,12 +108,18 @@ impl MockObjectStore {
             });
         }
         objects.sort_by_key(|o| o.modified);
-        Ok(MockObjectStore { objects, faults, log })
+        Ok(MockObjectStore {
+            objects,
+            faults,
+            log,
+        })
     }
 
     /// Looks an object up (used by the postgres mock's restore).
     pub fn find(&self, bucket: &str, key: &str) -> Option<&MockObject> {
-        self.objects.iter().find(|o| o.bucket == bucket && o.key == key)
+        self.objects
+            .iter()
+            .find(|o| o.bucket == bucket && o.key == key)
     }
 
     async fn enter(&self, op: &str, detail: String) -> Result<(), CapError> {
@@ -116,7 +127,11 @@ impl MockObjectStore {
         self.faults.inject(&format!("object-store.{op}")).await
     }
 
-    fn under<'a>(&'a self, bucket: &'a str, prefix: &'a str) -> impl Iterator<Item = &'a MockObject> {
+    fn under<'a>(
+        &'a self,
+        bucket: &'a str,
+        prefix: &'a str,
+    ) -> impl Iterator<Item = &'a MockObject> {
         self.objects
             .iter()
             .filter(move |o| o.bucket == bucket && o.key.starts_with(prefix))

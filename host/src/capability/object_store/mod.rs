@@ -46,7 +46,10 @@ impl Host for PluginCtx {
         prefix: String,
     ) -> wasmtime::Result<Result<Vec<ObjectInfo>, CapError>> {
         let b = self.caps().object_store.clone();
-        let op = Op::ObjList { bucket: &bucket, prefix: &prefix };
+        let op = Op::ObjList {
+            bucket: &bucket,
+            prefix: &prefix,
+        };
         self.call(op, b.list(&bucket, &prefix), None).await
     }
 
@@ -56,7 +59,10 @@ impl Host for PluginCtx {
         prefix: String,
     ) -> wasmtime::Result<Result<Option<ObjectInfo>, CapError>> {
         let b = self.caps().object_store.clone();
-        let op = Op::ObjNewest { bucket: &bucket, prefix: &prefix };
+        let op = Op::ObjNewest {
+            bucket: &bucket,
+            prefix: &prefix,
+        };
         self.call(op, b.newest(&bucket, &prefix), None).await
     }
 
@@ -66,13 +72,23 @@ impl Host for PluginCtx {
         key: String,
     ) -> wasmtime::Result<Result<ObjectInfo, CapError>> {
         let b = self.caps().object_store.clone();
-        let op = Op::ObjHead { bucket: &bucket, key: &key };
+        let op = Op::ObjHead {
+            bucket: &bucket,
+            key: &key,
+        };
         self.call(op, b.head(&bucket, &key), None).await
     }
 
-    async fn verify(&mut self, bucket: String, key: String) -> wasmtime::Result<Result<bool, CapError>> {
+    async fn verify(
+        &mut self,
+        bucket: String,
+        key: String,
+    ) -> wasmtime::Result<Result<bool, CapError>> {
         let b = self.caps().object_store.clone();
-        let op = Op::ObjVerify { bucket: &bucket, key: &key };
+        let op = Op::ObjVerify {
+            bucket: &bucket,
+            key: &key,
+        };
         self.call(op, b.verify(&bucket, &key), None).await
     }
 }

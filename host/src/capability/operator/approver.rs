@@ -130,7 +130,11 @@ pub struct ScriptedApprover {
 
 impl ScriptedApprover {
     /// A scripted approver.
-    pub fn new(confirms: Vec<bool>, approve_steps: Option<bool>, fallback: Box<dyn Approver>) -> Self {
+    pub fn new(
+        confirms: Vec<bool>,
+        approve_steps: Option<bool>,
+        fallback: Box<dyn Approver>,
+    ) -> Self {
         ScriptedApprover {
             confirms: Mutex::new(confirms.into()),
             approve_steps,

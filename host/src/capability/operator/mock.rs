@@ -51,7 +51,9 @@ impl NotifyBackend for MockNotify {
         self.log.record(format!("operator.notify {channel}"));
         self.faults.inject("operator.notify").await?;
         if !self.channels.contains(channel) {
-            return Err(CapError::NotFound(format!("notify channel {channel:?} is not configured")));
+            return Err(CapError::NotFound(format!(
+                "notify channel {channel:?} is not configured"
+            )));
         }
         lock(&self.sent).push((channel.to_owned(), message.to_owned()));
         Ok(())

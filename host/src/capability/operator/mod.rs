@@ -8,7 +8,9 @@
 pub mod approver;
 pub mod mock;
 
-pub use approver::{Approval, ApprovalRequest, Approver, AutoApprove, RefuseApprover, ScriptedApprover, TtyApprover};
+pub use approver::{
+    Approval, ApprovalRequest, Approver, AutoApprove, RefuseApprover, ScriptedApprover, TtyApprover,
+};
 
 use async_trait::async_trait;
 
@@ -47,13 +49,28 @@ impl Host for PluginCtx {
                 .await;
             answer.map(|a| a.approved)
         };
-        self.call(Op::OperatorConfirm { question: &question }, ask, None).await
+        self.call(
+            Op::OperatorConfirm {
+                question: &question,
+            },
+            ask,
+            None,
+        )
+        .await
     }
 
-    async fn notify(&mut self, channel: String, message: String) -> wasmtime::Result<Result<(), CapError>> {
+    async fn notify(
+        &mut self,
+        channel: String,
+        message: String,
+    ) -> wasmtime::Result<Result<(), CapError>> {
         let b = self.caps().notify.clone();
-        let op = Op::OperatorNotify { channel: &channel, message: &message };
+        let op = Op::OperatorNotify {
+            channel: &channel,
+            message: &message,
+        };
         let dry = async { Ok(()) };
-        self.call(op, b.notify(&channel, &message), Some(Box::pin(dry))).await
+        self.call(op, b.notify(&channel, &message), Some(Box::pin(dry)))
+            .await
     }
 }

@@ -97,7 +97,9 @@ impl MockPostgres {
         if let Some(r) = f.restore_mb_per_s
             && !(r > 0.0 && r.is_finite())
         {
-            return Err(format!("postgres.restore_mb_per_s must be positive, got {r}"));
+            return Err(format!(
+                "postgres.restore_mb_per_s must be positive, got {r}"
+            ));
         }
         let databases = f
             .databases
@@ -150,8 +152,14 @@ impl MockPostgres {
 
 #[async_trait]
 impl PostgresBackend for MockPostgres {
-    async fn restore(&self, database: &str, bucket: &str, key: &str) -> Result<RestoreReport, CapError> {
-        self.enter("restore", format!("{database} {bucket}/{key}")).await?;
+    async fn restore(
+        &self,
+        database: &str,
+        bucket: &str,
+        key: &str,
+    ) -> Result<RestoreReport, CapError> {
+        self.enter("restore", format!("{database} {bucket}/{key}"))
+            .await?;
         let started = Instant::now();
         if !lock(&self.databases).contains_key(database) {
             return Err(Self::not_found(database));
@@ -171,7 +179,9 @@ impl PostgresBackend for MockPostgres {
             tokio::time::sleep(Duration::from_secs_f64(secs)).await;
         }
         let mut dbs = lock(&self.databases);
-        let db = dbs.get_mut(database).ok_or_else(|| Self::not_found(database))?;
+        let db = dbs
+            .get_mut(database)
+            .ok_or_else(|| Self::not_found(database))?;
         db.healthy = !db.stays_corrupt;
         db.connections = 0;
         db.restored_from = Some(format!("{bucket}/{key}"));
@@ -232,9 +242,12 @@ impl PostgresBackend for MockPostgres {
     }
 
     async fn terminate_connections(&self, database: &str) -> Result<u32, CapError> {
-        self.enter("terminate-connections", database.to_owned()).await?;
+        self.enter("terminate-connections", database.to_owned())
+            .await?;
         let mut dbs = lock(&self.databases);
-        let db = dbs.get_mut(database).ok_or_else(|| Self::not_found(database))?;
+        let db = dbs
+            .get_mut(database)
+            .ok_or_else(|| Self::not_found(database))?;
         Ok(std::mem::take(&mut db.connections))
     }
 }

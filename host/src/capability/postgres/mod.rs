@@ -14,7 +14,12 @@ use crate::policy::Op;
 #[async_trait]
 pub trait PostgresBackend: Send + Sync {
     /// Restores `database` from `bucket`/`key` (new database, verify, swap).
-    async fn restore(&self, database: &str, bucket: &str, key: &str) -> Result<RestoreReport, CapError>;
+    async fn restore(
+        &self,
+        database: &str,
+        bucket: &str,
+        key: &str,
+    ) -> Result<RestoreReport, CapError>;
     /// Connectivity, amcheck, validation queries.
     async fn integrity_check(&self, database: &str) -> Result<IntegrityReport, CapError>;
     /// One read-only statement; rows as text.
@@ -47,7 +52,11 @@ impl Host for PluginCtx {
         key: String,
     ) -> wasmtime::Result<Result<RestoreReport, CapError>> {
         let b = self.caps().postgres.clone();
-        let op = Op::PgRestore { database: &database, bucket: &bucket, key: &key };
+        let op = Op::PgRestore {
+            database: &database,
+            bucket: &bucket,
+            key: &key,
+        };
         let dry = async {
             Ok(RestoreReport {
                 database: database.clone(),
@@ -58,7 +67,8 @@ impl Host for PluginCtx {
                 duration_ms: 0,
             })
         };
-        self.call(op, b.restore(&database, &bucket, &key), Some(Box::pin(dry))).await
+        self.call(op, b.restore(&database, &bucket, &key), Some(Box::pin(dry)))
+            .await
     }
 
     async fn integrity_check(
@@ -66,7 +76,9 @@ impl Host for PluginCtx {
         database: String,
     ) -> wasmtime::Result<Result<IntegrityReport, CapError>> {
         let b = self.caps().postgres.clone();
-        let op = Op::PgIntegrityCheck { database: &database };
+        let op = Op::PgIntegrityCheck {
+            database: &database,
+        };
         self.call(op, b.integrity_check(&database), None).await
     }
 
@@ -76,14 +88,23 @@ impl Host for PluginCtx {
         sql: String,
     ) -> wasmtime::Result<Result<Vec<Vec<String>>, CapError>> {
         let b = self.caps().postgres.clone();
-        let op = Op::PgQuery { database: &database, sql: &sql };
+        let op = Op::PgQuery {
+            database: &database,
+            sql: &sql,
+        };
         self.call(op, b.query(&database, &sql), None).await
     }
 
-    async fn terminate_connections(&mut self, database: String) -> wasmtime::Result<Result<u32, CapError>> {
+    async fn terminate_connections(
+        &mut self,
+        database: String,
+    ) -> wasmtime::Result<Result<u32, CapError>> {
         let b = self.caps().postgres.clone();
-        let op = Op::PgTerminateConnections { database: &database };
+        let op = Op::PgTerminateConnections {
+            database: &database,
+        };
         let dry = async { Ok(0) };
-        self.call(op, b.terminate_connections(&database), Some(Box::pin(dry))).await
+        self.call(op, b.terminate_connections(&database), Some(Box::pin(dry)))
+            .await
     }
 }
