@@ -103,21 +103,28 @@ fn a_wrong_expectation_fails_with_a_diff() {
     );
 }
 
+/// `drhost run` of the database-corruption runbook on the happy-path
+/// fixture, with `extra` flags, audit logs under `dir/audit`.
+fn run_happy_path(dir: &Path, extra: &[&str]) -> Output {
+    let root = repo_root();
+    let runbook = root.join("runbooks/database-corruption.toml");
+    let fixture = root.join("runbooks/fixtures/database-corruption/happy-path.toml");
+    let audit = dir.join("audit");
+    let mut args = vec![
+        "run",
+        s(&runbook),
+        "--mock",
+        s(&fixture),
+        "--audit-dir",
+        s(&audit),
+    ];
+    args.extend_from_slice(extra);
+    drhost(&args, dir)
+}
+
 /// Runs the main job and returns the audit log path.
 fn main_job(dir: &Path) -> PathBuf {
-    let root = repo_root();
-    let out = drhost(
-        &[
-            "run",
-            s(&root.join("runbooks/database-corruption.toml")),
-            "--mock",
-            s(&root.join("runbooks/fixtures/database-corruption/happy-path.toml")),
-            "--yes",
-            "--audit-dir",
-            s(&dir.join("audit")),
-        ],
-        dir,
-    );
+    let out = run_happy_path(dir, &["--yes"]);
     let t = text(&out);
     assert_eq!(out.status.code(), Some(0), "{t}");
     for step in [
@@ -184,18 +191,7 @@ fn audit_verify_detects_every_kind_of_tampering() {
 #[test]
 fn without_a_terminal_or_yes_mutating_steps_are_refused_not_hung() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let root = repo_root();
-    let out = drhost(
-        &[
-            "run",
-            s(&root.join("runbooks/database-corruption.toml")),
-            "--mock",
-            s(&root.join("runbooks/fixtures/database-corruption/happy-path.toml")),
-            "--audit-dir",
-            s(&dir.path().join("audit")),
-        ],
-        dir.path(),
-    );
+    let out = run_happy_path(dir.path(), &[]);
     let t = text(&out);
     assert_eq!(out.status.code(), Some(1), "{t}");
     assert!(t.contains("declined") && t.contains("no terminal"), "{t}");
@@ -205,19 +201,7 @@ fn without_a_terminal_or_yes_mutating_steps_are_refused_not_hung() {
 #[test]
 fn dry_run_lists_intended_mutations() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let root = repo_root();
-    let out = drhost(
-        &[
-            "run",
-            s(&root.join("runbooks/database-corruption.toml")),
-            "--mock",
-            s(&root.join("runbooks/fixtures/database-corruption/happy-path.toml")),
-            "--dry-run",
-            "--audit-dir",
-            s(&dir.path().join("audit")),
-        ],
-        dir.path(),
-    );
+    let out = run_happy_path(dir.path(), &["--dry-run"]);
     let t = text(&out);
     assert!(
         t.contains("DRY RUN") && t.contains("mutation(s) would have been made"),

@@ -138,3 +138,28 @@ pub mod support {
             .expect("run")
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_known_guest_is_a_built_component() {
+        for name in ["database-corruption", "misbehave", "fs-access", "wrong-wit"] {
+            let bytes = std::fs::read(plugin(name)).unwrap();
+            assert_eq!(
+                &bytes[..8],
+                &[0x00, 0x61, 0x73, 0x6d, 0x0d, 0x00, 0x01, 0x00],
+                "{name} is not a component"
+            );
+        }
+        assert_eq!(plugin("database_corruption"), plugin("database-corruption"));
+        assert!(repo_root().join("wit").is_dir());
+    }
+
+    #[test]
+    #[should_panic(expected = "no plugin named \"nope\"")]
+    fn unknown_plugin_panics_with_the_known_names() {
+        plugin("nope");
+    }
+}

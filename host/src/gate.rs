@@ -123,6 +123,10 @@ impl CallRecord {
     }
 }
 
+/// How many call records a run keeps for its report and fixture
+/// expectations; later calls are still audited, only not kept in memory.
+pub const MAX_CALL_RECORDS: usize = 100_000;
+
 /// Settings for a gate.
 pub struct GateConfig {
     /// The runbook's grants.
@@ -389,6 +393,9 @@ impl Gate {
             duration: started.elapsed(),
         };
         self.observer.call(&record);
-        lock(&self.calls).push(record);
+        let mut calls = lock(&self.calls);
+        if calls.len() < MAX_CALL_RECORDS {
+            calls.push(record);
+        }
     }
 }

@@ -137,12 +137,13 @@ fn grow() -> ! {
     }
 }
 
-/// Recurses forever; the work after the call and the stack buffer prevent
-/// tail-call optimisation.
+/// Recurses forever. Using the result after the call (through `black_box`)
+/// rules out tail-call optimisation; keeping the frame in wasm locals (no
+/// large stack buffer) makes it exhaust the engine's wasm call stack
+/// ("call stack exhausted") rather than the shadow stack in linear memory.
 #[inline(never)]
 #[allow(unconditional_recursion)]
 fn recurse(n: u64) -> u64 {
-    let buf = black_box([n; 32]);
-    let deeper = recurse(black_box(n + 1));
-    black_box(deeper.wrapping_add(buf[(n % 32) as usize]))
+    let deeper = black_box(recurse(black_box(n.wrapping_add(1))));
+    deeper.wrapping_mul(31).wrapping_add(n)
 }
