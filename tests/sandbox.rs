@@ -5,7 +5,7 @@
 //! dry runs change nothing; denied calls never reach a backend.
 
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use drhost::engine::{DrEngine, LoadSource};
 use drhost::fixture::Fixture;
@@ -76,7 +76,6 @@ fn audit_events(report: &RunReport) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn infinite_loop_is_stopped_within_its_budget() {
-    let started = Instant::now();
     let (_dir, report) = misbehave("loop", "300ms", "").await;
     let (step, status) = stopped(&report);
     assert_eq!(step, "misbehave");
@@ -92,7 +91,6 @@ async fn infinite_loop_is_stopped_within_its_budget() {
     );
     assert!(audit_events(&report).contains(&"timeout".to_owned()));
     assert_eq!(report.skipped, vec!["after".to_owned()]);
-    assert!(started.elapsed() < Duration::from_secs(60));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -562,24 +562,18 @@ async fn run_step(
         Ok(Err(e)) => StepStatus::Trapped(format!("plugin {}", explain_trap(&e, &output, budget))),
         Err(_) => timed_out(),
     };
-    match &status {
-        StepStatus::TimedOut(m) => {
-            gate.record_durable(
-                Event::new(EventKind::Timeout)
-                    .step(info.id.clone())
-                    .message(m.clone())
-                    .duration(elapsed),
-            )?;
-        }
-        StepStatus::Trapped(m) => {
-            gate.record_durable(
-                Event::new(EventKind::Trap)
-                    .step(info.id.clone())
-                    .message(m.clone())
-                    .duration(elapsed),
-            )?;
-        }
-        _ => {}
+    let fence = match &status {
+        StepStatus::TimedOut(m) => Some((EventKind::Timeout, m)),
+        StepStatus::Trapped(m) => Some((EventKind::Trap, m)),
+        _ => None,
+    };
+    if let Some((kind, m)) = fence {
+        gate.record_durable(
+            Event::new(kind)
+                .step(info.id.clone())
+                .message(m.clone())
+                .duration(elapsed),
+        )?;
     }
     let mut text = String::new();
     for (name, cap) in [("stdout", &output.stdout), ("stderr", &output.stderr)] {
