@@ -77,9 +77,12 @@ async fn bench() {
         std::fs::metadata(&dc).map(|m| m.len()).unwrap_or(0)
     );
 
+    // DRHOST_BENCH_ONLY=gate: only the gate figures (for profiling).
+    let only_gate = std::env::var("DRHOST_BENCH_ONLY").is_ok_and(|v| v == "gate");
+
     // 1. Cold load: compile every time (no cache).
     let mut samples = Vec::new();
-    for _ in 0..5 {
+    for _ in 0..if only_gate { 1 } else { 5 } {
         let engine = DrEngine::new(None).expect("engine");
         let linker = plugin::linker(&engine).expect("linker");
         let t = Instant::now();
@@ -109,7 +112,7 @@ async fn bench() {
         hex::encode(sha2::Sha256::digest(&bytes))
     };
     let mut samples = Vec::new();
-    for _ in 0..200 {
+    for _ in 0..if only_gate { 1 } else { 200 } {
         samples.push(time(|| engine.load_component(&bytes, &sha).expect("cached")).0);
     }
     report(
@@ -118,7 +121,7 @@ async fn bench() {
         samples,
     );
     let mut samples = Vec::new();
-    for _ in 0..100 {
+    for _ in 0..if only_gate { 1 } else { 100 } {
         let t = Instant::now();
         let p = plugin::load(&engine, &linker, &dc, 64 << 20)
             .await
@@ -156,7 +159,7 @@ async fn bench() {
         deadline,
     };
     let mut samples = Vec::new();
-    for _ in 0..2000 {
+    for _ in 0..if only_gate { 1 } else { 2000 } {
         let t = Instant::now();
         let output = StepOutput::default();
         let mut store = wasmtime::Store::new(
@@ -204,6 +207,46 @@ async fn bench() {
         assert!(r.is_ok());
     }
     report("mock backend alone (same call, no gate)", "-", samples);
+
+    // 4b. Where the gate's time goes: its parts, measured alone.
+    let mut w = drhost::audit::AuditWriter::create(&tmp.join("audit-parts"), "parts", p.identity())
+        .expect("audit");
+    let op = Op::K8sGetDeployment {
+        namespace: "resume-screening",
+        name: "backend",
+    };
+    let mut samples = Vec::new();
+    for _ in 0..20_000 {
+        let ev = drhost::audit::Event::new(drhost::audit::EventKind::CallIntent)
+            .step("bench")
+            .call("k8s", "get-deployment")
+            .raw_args(drhost::audit::raw_json(&op));
+        let t = Instant::now();
+        w.append(ev).expect("append");
+        samples.push(t.elapsed());
+    }
+    report("  part: one buffered audit record", "-", samples);
+    let mut samples = Vec::new();
+    for _ in 0..20_000 {
+        let t = Instant::now();
+        let v = drhost::audit::raw_json(&op);
+        samples.push(t.elapsed());
+        drop(v);
+    }
+    report("  part: arguments to JSON", "-", samples);
+    let mut samples = Vec::new();
+    for _ in 0..20_000 {
+        let t = Instant::now();
+        let r = rb.grants.check(&op);
+        samples.push(t.elapsed());
+        assert!(r.is_ok());
+    }
+    report("  part: policy check", "-", samples);
+
+    if only_gate {
+        let _ = std::fs::remove_dir_all(&tmp);
+        return;
+    }
 
     // 5. Guest -> host calls through the gate, end to end, from the
     // misbehave plugin's `calls` behaviour (10,000 get-deployment calls in

@@ -72,7 +72,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize, Serializer};
 use serde_json::Value;
+use serde_json::value::RawValue;
 use sha2::{Digest, Sha256};
+use std::borrow::Cow;
 
 /// The `prev` of the first record (seq 0): 64 zeros.
 pub const GENESIS_PREV: &str = "0000000000000000000000000000000000000000000000000000000000000000";
@@ -168,28 +170,42 @@ impl fmt::Display for EventKind {
 
 /// What a caller hands to [`AuditWriter::append`]: a record without the
 /// fields the writer fills in (seq, time, run, plugin, chain).
-#[derive(Clone, Debug, PartialEq)]
-pub struct Event {
+///
+/// Text fields borrow where they can (`Cow`) and arguments/outcomes are
+/// serialized once into raw JSON: an event is built and written on the hot
+/// path of every capability call, so it allocates as little as possible.
+#[derive(Clone, Debug)]
+pub struct Event<'a> {
     /// The step id, if the event belongs to a step.
-    pub step: Option<String>,
+    pub step: Option<Cow<'a, str>>,
     /// What happened.
     pub kind: EventKind,
     /// Capability interface (`k8s`, `postgres`, ...), for call events.
-    pub capability: Option<String>,
+    pub capability: Option<Cow<'a, str>>,
     /// Operation within the capability (`scale`, `restore`, ...).
-    pub operation: Option<String>,
-    /// Call arguments. Secret references only, never secret bytes.
-    pub args: Option<Value>,
-    /// Call result or error.
-    pub outcome: Option<Value>,
+    pub operation: Option<Cow<'a, str>>,
+    /// Call arguments, as JSON. Secret references only, never secret bytes.
+    pub args: Option<Box<RawValue>>,
+    /// Call result or error, as JSON.
+    pub outcome: Option<Box<RawValue>>,
     /// How long the call or step took, in milliseconds. A non-finite value
     /// is written as `null`.
     pub duration_ms: Option<f64>,
     /// Free text for humans.
-    pub message: Option<String>,
+    pub message: Option<Cow<'a, str>>,
 }
 
-impl Event {
+/// Serializes a value to raw JSON; a value that cannot be serialized (a
+/// map with non-string keys, which drhost never builds) is recorded as a
+/// JSON string saying so, rather than losing the record.
+pub fn raw_json(value: &impl Serialize) -> Box<RawValue> {
+    serde_json::value::to_raw_value(value).unwrap_or_else(|e| {
+        serde_json::value::to_raw_value(&format!("<unserializable: {e}>"))
+            .unwrap_or_else(|_| RawValue::NULL.to_owned())
+    })
+}
+
+impl<'a> Event<'a> {
     /// An event of `kind` with every other field empty.
     pub fn new(kind: EventKind) -> Self {
         Event {
@@ -205,27 +221,33 @@ impl Event {
     }
 
     /// Sets the step id.
-    pub fn step(mut self, step: impl Into<String>) -> Self {
+    pub fn step(mut self, step: impl Into<Cow<'a, str>>) -> Self {
         self.step = Some(step.into());
         self
     }
 
     /// Sets the capability and operation of a call.
-    pub fn call(mut self, capability: &str, operation: &str) -> Self {
-        self.capability = Some(capability.to_owned());
-        self.operation = Some(operation.to_owned());
+    pub fn call(mut self, capability: &'a str, operation: &'a str) -> Self {
+        self.capability = Some(Cow::Borrowed(capability));
+        self.operation = Some(Cow::Borrowed(operation));
         self
     }
 
-    /// Sets the call arguments.
-    pub fn args(mut self, args: Value) -> Self {
+    /// Sets the call arguments (serialized now).
+    pub fn args(mut self, args: impl Serialize) -> Self {
+        self.args = Some(raw_json(&args));
+        self
+    }
+
+    /// Sets already-serialized call arguments.
+    pub fn raw_args(mut self, args: Box<RawValue>) -> Self {
         self.args = Some(args);
         self
     }
 
-    /// Sets the call outcome.
-    pub fn outcome(mut self, outcome: Value) -> Self {
-        self.outcome = Some(outcome);
+    /// Sets the call outcome (serialized now).
+    pub fn outcome(mut self, outcome: impl Serialize) -> Self {
+        self.outcome = Some(raw_json(&outcome));
         self
     }
 
@@ -236,7 +258,7 @@ impl Event {
     }
 
     /// Sets the human-readable message.
-    pub fn message(mut self, message: impl Into<String>) -> Self {
+    pub fn message(mut self, message: impl Into<Cow<'a, str>>) -> Self {
         self.message = Some(message.into());
         self
     }
@@ -415,8 +437,8 @@ struct Body<'a> {
     event: EventKind,
     capability: Option<&'a str>,
     operation: Option<&'a str>,
-    args: Option<&'a Value>,
-    outcome: Option<&'a Value>,
+    args: Option<&'a RawValue>,
+    outcome: Option<&'a RawValue>,
     duration_ms: Option<f64>,
     message: Option<&'a str>,
     prev: &'a str,
@@ -587,13 +609,13 @@ impl AuditWriter {
 
     /// Appends a record to the buffer (no fsync) and returns its seq. For
     /// read-only calls; use [`AuditWriter::append_durable`] before mutations.
-    pub fn append(&mut self, event: Event) -> Result<u64, AuditError> {
+    pub fn append(&mut self, event: Event<'_>) -> Result<u64, AuditError> {
         self.write_record(&event)
     }
 
     /// Appends a record, flushes and fsyncs (`File::sync_data`) before
     /// returning its seq. Used before any mutation.
-    pub fn append_durable(&mut self, event: Event) -> Result<u64, AuditError> {
+    pub fn append_durable(&mut self, event: Event<'_>) -> Result<u64, AuditError> {
         let seq = self.write_record(&event)?;
         self.sync()?;
         Ok(seq)
@@ -632,7 +654,7 @@ impl AuditWriter {
     /// Serializes `event` as the next record into the reusable line buffer,
     /// chains it and hands it to the `BufWriter`. Allocation-free once the
     /// buffers are warm (apart from what serializing `args` needs: nothing).
-    fn write_record(&mut self, event: &Event) -> Result<u64, AuditError> {
+    fn write_record(&mut self, event: &Event<'_>) -> Result<u64, AuditError> {
         self.check_poisoned()?;
         let seq = self.seq;
         self.line.clear();
@@ -645,8 +667,8 @@ impl AuditWriter {
             event: event.kind,
             capability: event.capability.as_deref(),
             operation: event.operation.as_deref(),
-            args: event.args.as_ref(),
-            outcome: event.outcome.as_ref(),
+            args: event.args.as_deref(),
+            outcome: event.outcome.as_deref(),
             duration_ms: event.duration_ms,
             message: event.message.as_deref(),
             prev: &self.prev,

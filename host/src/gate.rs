@@ -23,9 +23,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
+use serde_json::value::RawValue;
 use serde_json::{Value, json};
 
-use crate::audit::{AuditError, AuditWriter, Event, EventKind};
+use crate::audit::{AuditError, AuditWriter, Event, EventKind, raw_json};
 use crate::bindings::CapError;
 use crate::bindings::log::Level;
 use crate::capability::Capabilities;
@@ -61,7 +62,7 @@ pub enum CallStatus {
     /// The backend answered with a value.
     Ok,
     /// The backend (or the timeout) answered with this cap-error kind.
-    Error(String),
+    Error(&'static str),
     /// The policy refused it; no backend saw it.
     Denied,
     /// A mutation simulated because of `--dry-run`.
@@ -89,8 +90,8 @@ pub struct CallRecord {
     pub op: String,
     /// Read, mutate or internal.
     pub effect: Effect,
-    /// Arguments as audited.
-    pub args: Value,
+    /// Arguments as audited (raw JSON).
+    pub args: Box<RawValue>,
     /// How it ended.
     pub status: CallStatus,
     /// Error or denial message, empty when ok.
@@ -104,7 +105,8 @@ impl CallRecord {
     /// fixture expectations match against.
     pub fn render(&self) -> String {
         let mut s = self.op.clone();
-        if let Value::Object(map) = &self.args {
+        let args: Value = serde_json::from_str(self.args.get()).unwrap_or(Value::Null);
+        if let Value::Object(map) = &args {
             for (k, v) in map {
                 let v = match v {
                     Value::String(s) => s.clone(),
@@ -120,6 +122,39 @@ impl CallRecord {
         s.push_str(" => ");
         s.push_str(self.status.as_str());
         s
+    }
+}
+
+/// The JSON of a call outcome in the audit log (serialized straight from
+/// the value: no intermediate `serde_json::Value` on the hot path).
+#[derive(Serialize)]
+#[serde(untagged)]
+enum Outcome<'a, T> {
+    Ok { ok: &'a T },
+    Failed { error: ErrorJson<'a> },
+    Simulated { dry_run: bool, simulated: &'a T },
+    SimulatedError { dry_run: bool, error: ErrorJson<'a> },
+}
+
+#[derive(Serialize)]
+struct ErrorJson<'a> {
+    kind: &'static str,
+    message: &'a str,
+}
+
+fn failed_outcome(e: &CapError) -> Box<RawValue> {
+    let outcome: Outcome<'_, ()> = Outcome::Failed {
+        error: ErrorJson::of(e),
+    };
+    raw_json(&outcome)
+}
+
+impl<'a> ErrorJson<'a> {
+    fn of(e: &'a CapError) -> Self {
+        ErrorJson {
+            kind: e.kind(),
+            message: e.message(),
+        }
     }
 }
 
@@ -269,10 +304,10 @@ impl Gate {
     ) -> wasmtime::Result<Result<T, CapError>> {
         let started = Instant::now();
         let class = op.class();
-        let args = op.args_json();
+        let args = raw_json(&op);
         let base = || {
             Event::new(EventKind::CallIntent)
-                .step(scope.step.clone())
+                .step(scope.step.as_str())
                 .call(class.capability, class.operation)
         };
 
@@ -281,8 +316,8 @@ impl Gate {
                 kind: EventKind::Denial,
                 ..base()
             }
-            .args(args.clone())
-            .message(reason.clone());
+            .raw_args(args.clone())
+            .message(reason.as_str());
             self.record_durable(event).map_err(trap)?;
             self.finish(
                 scope,
@@ -295,7 +330,7 @@ impl Gate {
             return Ok(Err(CapError::Denied(reason)));
         }
 
-        let intent = base().args(args.clone());
+        let intent = base().raw_args(args.clone());
         let mutates = class.effect == Effect::Mutate;
         if mutates {
             self.record_durable(intent).map_err(trap)?;
@@ -312,10 +347,14 @@ impl Gate {
             };
             let simulated = dry.await;
             let outcome = match &simulated {
-                Ok(v) => json!({ "dry_run": true, "simulated": v }),
-                Err(e) => {
-                    json!({ "dry_run": true, "error": { "kind": e.kind(), "message": e.message() } })
-                }
+                Ok(v) => Outcome::Simulated {
+                    dry_run: true,
+                    simulated: v,
+                },
+                Err(e) => Outcome::SimulatedError {
+                    dry_run: true,
+                    error: ErrorJson::of(e),
+                },
             };
             let event = Event {
                 kind: EventKind::CallOutcome,
@@ -352,18 +391,22 @@ impl Gate {
             ))),
         };
         let (outcome, status, detail) = match &result {
-            Ok(v) => (json!({ "ok": v }), CallStatus::Ok, String::new()),
+            Ok(v) => (
+                raw_json(&Outcome::Ok { ok: v }),
+                CallStatus::Ok,
+                String::new(),
+            ),
             Err(e) => (
-                json!({ "error": { "kind": e.kind(), "message": e.message() } }),
-                CallStatus::Error(e.kind().to_owned()),
+                failed_outcome(e),
+                CallStatus::Error(e.kind()),
                 e.message().to_owned(),
             ),
         };
         let event = Event {
             kind: EventKind::CallOutcome,
+            outcome: Some(outcome),
             ..base()
         }
-        .outcome(outcome)
         .duration(started.elapsed());
         if mutates {
             self.record_durable(event).map_err(trap)?;
@@ -378,7 +421,7 @@ impl Gate {
         &self,
         scope: &StepScope,
         class: &crate::policy::OpClass,
-        args: Value,
+        args: Box<RawValue>,
         status: CallStatus,
         detail: String,
         started: Instant,

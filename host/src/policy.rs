@@ -173,10 +173,15 @@ impl Op<'_> {
             effect,
         }
     }
+}
 
-    /// The call's arguments as JSON (what the audit log records).
-    pub fn args_json(&self) -> serde_json::Value {
-        serde_json::to_value(self).unwrap_or(serde_json::Value::Null)
+/// `capability.operation`, formatted only when a denial message needs it
+/// (the policy check is on every call's hot path).
+pub struct OpName(pub OpClass);
+
+impl std::fmt::Display for OpName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}.{}", self.0.capability, self.0.operation)
     }
 }
 
@@ -427,7 +432,7 @@ impl Grants {
     /// section to change.
     pub fn check(&self, op: &Op<'_>) -> Result<(), String> {
         let class = op.class();
-        let what = format!("{}.{}", class.capability, class.operation);
+        let what = &OpName(class);
         match op {
             Op::K8sGetDeployment { namespace, name }
             | Op::K8sScale {
@@ -439,7 +444,7 @@ impl Grants {
             | Op::K8sWaitReady {
                 namespace, name, ..
             } => {
-                let g = self.k8s_op(&what, class.operation)?;
+                let g = self.k8s_op(what, class.operation)?;
                 let full = format!("{namespace}/{name}");
                 if !g.deployments.contains(&full) {
                     return Err(format!(
@@ -450,7 +455,7 @@ impl Grants {
                 Ok(())
             }
             Op::K8sApply { bundle } => {
-                let g = self.k8s_op(&what, class.operation)?;
+                let g = self.k8s_op(what, class.operation)?;
                 if !g.bundles.contains(*bundle) {
                     return Err(format!(
                         "{what} of bundle {bundle:?}: not granted (granted bundles: {})",
@@ -464,7 +469,7 @@ impl Grants {
                 name,
                 source,
             } => {
-                let g = self.k8s_op(&what, class.operation)?;
+                let g = self.k8s_op(what, class.operation)?;
                 let full = format!("{namespace}/{name}");
                 if !g.secrets.contains(&full) {
                     return Err(format!(
@@ -480,25 +485,25 @@ impl Grants {
                 }
                 Ok(())
             }
-            Op::K8sClusterReachable {} => self.k8s_op(&what, class.operation).map(|_| ()),
+            Op::K8sClusterReachable {} => self.k8s_op(what, class.operation).map(|_| ()),
             Op::PgRestore {
                 database,
                 bucket,
                 key,
             } => {
-                self.pg_db(&what, class.operation, database)?;
-                self.object_location(&what, bucket, key)
+                self.pg_db(what, class.operation, database)?;
+                self.object_location(what, bucket, key)
             }
             Op::PgIntegrityCheck { database }
             | Op::PgQuery { database, .. }
             | Op::PgTerminateConnections { database } => {
-                self.pg_db(&what, class.operation, database)
+                self.pg_db(what, class.operation, database)
             }
             Op::ObjList { bucket, prefix } | Op::ObjNewest { bucket, prefix } => {
-                self.object_location(&what, bucket, prefix)
+                self.object_location(what, bucket, prefix)
             }
             Op::ObjHead { bucket, key } | Op::ObjVerify { bucket, key } => {
-                self.object_location(&what, bucket, key)
+                self.object_location(what, bucket, key)
             }
             Op::HealthCheck { target } | Op::HealthWaitHealthy { target, .. } => {
                 let Some(targets) = &self.health else {
@@ -532,7 +537,7 @@ impl Grants {
         }
     }
 
-    fn k8s_op(&self, what: &str, operation: &str) -> Result<&K8sGrant, String> {
+    fn k8s_op(&self, what: &OpName, operation: &str) -> Result<&K8sGrant, String> {
         let Some(g) = &self.k8s else {
             return Err(format!(
                 "{what}: k8s is not granted by the runbook ([grants.k8s])"
@@ -547,7 +552,7 @@ impl Grants {
         Ok(g)
     }
 
-    fn pg_db(&self, what: &str, operation: &str, database: &str) -> Result<(), String> {
+    fn pg_db(&self, what: &OpName, operation: &str, database: &str) -> Result<(), String> {
         let Some(g) = &self.postgres else {
             return Err(format!(
                 "{what}: postgres is not granted by the runbook ([grants.postgres])"
@@ -568,7 +573,7 @@ impl Grants {
         Ok(())
     }
 
-    fn object_location(&self, what: &str, bucket: &str, key: &str) -> Result<(), String> {
+    fn object_location(&self, what: &OpName, bucket: &str, key: &str) -> Result<(), String> {
         let Some(locs) = &self.object_store else {
             return Err(format!(
                 "{what}: object-store is not granted by the runbook ([grants.object_store])"
