@@ -1,6 +1,7 @@
 //! The `postgres` capability: host implementation (through the gate), the
 //! backend trait, and the mock.
 
+pub mod archive;
 pub mod mock;
 
 use async_trait::async_trait;
