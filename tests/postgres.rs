@@ -209,3 +209,184 @@ fn a_truncated_real_archive_names_what_is_missing() {
     let err = result.expect_err("a truncated archive must not read cleanly");
     assert!(err.contains("truncated") || err.contains("ends"), "{err}");
 }
+
+mod restore {
+    //! The custom-archive restore against the real server: new database,
+    //! swap, the previous one kept; failures leave the original intact.
+
+    use super::*;
+    use drhost::capability::postgres::restore::{
+        Config, RestoreError, RestoreOptions, restore_custom,
+    };
+
+    fn admin() -> Config {
+        let host = std::env::var("PGHOST").unwrap_or_else(|_| "127.0.0.1".into());
+        let user = std::env::var("PGUSER").unwrap_or_else(|_| "postgres".into());
+        let mut c = Config::new();
+        c.host(&host).user(&user).dbname("postgres");
+        if let Ok(port) = std::env::var("PGPORT") {
+            c.port(port.parse().expect("PGPORT is a number"));
+        }
+        c
+    }
+
+    fn databases_like(prefix: &str) -> Vec<String> {
+        let out = psql(
+            "postgres",
+            &format!(
+                "COPY (SELECT datname FROM pg_database WHERE datname LIKE '{prefix}%' ORDER BY 1) TO STDOUT"
+            ),
+        );
+        String::from_utf8_lossy(&out)
+            .lines()
+            .map(str::to_owned)
+            .collect()
+    }
+
+    /// Schema without pg_dump's random \restrict keys.
+    fn schema(db: &str) -> String {
+        let out = run("pg_dump", &["-s", "--no-owner", "-d", db]);
+        String::from_utf8_lossy(&out)
+            .lines()
+            .filter(|l| !l.starts_with("\\restrict") && !l.starts_with("\\unrestrict"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    fn data(db: &str) -> Vec<String> {
+        ["public.\"Candidates\"", "public.screenings"]
+            .iter()
+            .map(|t| {
+                String::from_utf8_lossy(&psql(
+                    db,
+                    &format!("COPY (SELECT * FROM {t} ORDER BY id) TO STDOUT"),
+                ))
+                .into_owned()
+            })
+            .chain(std::iter::once(
+                String::from_utf8_lossy(&psql(
+                    db,
+                    "COPY (SELECT last_value FROM public.screenings_id_seq) TO STDOUT",
+                ))
+                .into_owned(),
+            ))
+            .collect()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn restore_swaps_in_a_faithful_copy_and_keeps_the_previous_database() {
+        let pid = std::process::id();
+        let source = Db(format!("drhost_rs_src_{pid}"));
+        psql("postgres", &format!("CREATE DATABASE \"{}\"", source.0));
+        psql(&source.0, SCHEMA);
+        let target = Db(format!("drhost_rs_tgt_{pid}"));
+        psql("postgres", &format!("CREATE DATABASE \"{}\"", target.0));
+        psql(
+            &target.0,
+            "CREATE TABLE corrupted (x int); INSERT INTO corrupted VALUES (42);",
+        );
+        let kept = Db(format!("{}_before_r1", target.0));
+        let _partial = Db(format!("{}_restore_r1", target.0));
+
+        let dir = tempfile::tempdir().expect("tempdir");
+        let bytes = dump(&source.0, dir.path(), "src.dump", &[]);
+        let options = RestoreOptions {
+            admin: admin(),
+            database: target.0.clone(),
+            run_id: "r1".into(),
+            keep_previous: true,
+        };
+        let outcome = restore_custom(&options, std::io::Cursor::new(bytes))
+            .await
+            .expect("restore");
+        assert_eq!(outcome.kept_as.as_deref(), Some(kept.0.as_str()));
+        assert_eq!((outcome.tables, outcome.rows), (2, 5002));
+        assert_eq!(
+            schema(&target.0),
+            schema(&source.0),
+            "restored schema differs"
+        );
+        assert_eq!(data(&target.0), data(&source.0), "restored data differs");
+        // The previous database is kept for forensics, untouched.
+        assert_eq!(
+            String::from_utf8_lossy(&psql(&kept.0, "COPY corrupted TO STDOUT")),
+            "42\n"
+        );
+        assert!(databases_like(&format!("{}_restore", target.0)).is_empty());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_corrupt_backup_leaves_the_original_untouched_and_no_partial_database() {
+        let pid = std::process::id();
+        let source = Db(format!("drhost_rc_src_{pid}"));
+        psql("postgres", &format!("CREATE DATABASE \"{}\"", source.0));
+        psql(&source.0, SCHEMA);
+        let target = Db(format!("drhost_rc_tgt_{pid}"));
+        psql("postgres", &format!("CREATE DATABASE \"{}\"", target.0));
+        psql(
+            &target.0,
+            "CREATE TABLE precious (x int); INSERT INTO precious VALUES (7);",
+        );
+        let dir = tempfile::tempdir().expect("tempdir");
+        let bytes = dump(&source.0, dir.path(), "src.dump", &[]);
+        let truncated = bytes[..bytes.len() - 200].to_vec();
+        let options = RestoreOptions {
+            admin: admin(),
+            database: target.0.clone(),
+            run_id: "r2".into(),
+            keep_previous: true,
+        };
+        let err = restore_custom(&options, std::io::Cursor::new(truncated))
+            .await
+            .expect_err("must fail");
+        assert!(
+            matches!(err, RestoreError::Archive(_) | RestoreError::Verify(_)),
+            "{err}"
+        );
+        assert_eq!(
+            String::from_utf8_lossy(&psql(&target.0, "COPY precious TO STDOUT")),
+            "7\n"
+        );
+        // The partial database is dropped (asynchronously, on a new connection).
+        let partial = format!("{}_restore_r2", target.0);
+        let mut left = databases_like(&partial);
+        for _ in 0..50 {
+            if left.is_empty() {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            left = databases_like(&partial);
+        }
+        assert!(left.is_empty(), "partial database left behind: {left:?}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_second_restore_of_the_same_database_is_refused() {
+        let name = format!("drhost_rl_tgt_{}", std::process::id());
+        // Hold the lock from another session, as a running restore would.
+        let holder = pg_env(&mut Command::new("psql"))
+            .args(["-X", "-q", "-d", "postgres", "-c"])
+            .arg(format!(
+                "SELECT pg_advisory_lock(hashtext('drhost-restore:{name}')); SELECT pg_sleep(3);"
+            ))
+            .spawn()
+            .expect("psql");
+        tokio::time::sleep(std::time::Duration::from_millis(800)).await;
+        let options = RestoreOptions {
+            admin: admin(),
+            database: name.clone(),
+            run_id: "r3".into(),
+            keep_previous: true,
+        };
+        let err = restore_custom(&options, std::io::Cursor::new(Vec::new()))
+            .await
+            .expect_err("refused");
+        let mut holder = holder;
+        let _ = holder.wait();
+        assert!(
+            matches!(err, RestoreError::Busy(ref db) if *db == name),
+            "{err}"
+        );
+        assert!(databases_like(&format!("{name}_restore")).is_empty());
+    }
+}

@@ -3,6 +3,8 @@
 
 pub mod archive;
 pub mod mock;
+pub mod plain;
+pub mod restore;
 
 use async_trait::async_trait;
 
