@@ -86,9 +86,12 @@ impl PluginCtx {
         let limits = wasmtime::StoreLimitsBuilder::new()
             .memory_size(memory_limit)
             .trap_on_grow_failure(true)
-            .instances(4)
-            .tables(16)
-            .memories(4)
+            // A component is a fixed set of core instances (a wit-bindgen
+            // plugin has a handful); these bounds leave room for larger
+            // plugins while still capping what a store can hold.
+            .instances(64)
+            .tables(64)
+            .memories(16)
             .build();
         PluginCtx {
             gate,
