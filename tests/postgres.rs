@@ -369,6 +369,7 @@ mod restore {
             .arg(format!(
                 "SELECT pg_advisory_lock(hashtext('drhost-restore:{name}')); SELECT pg_sleep(3);"
             ))
+            .stdout(std::process::Stdio::null())
             .spawn()
             .expect("psql");
         tokio::time::sleep(std::time::Duration::from_millis(800)).await;
@@ -388,5 +389,185 @@ mod restore {
             "{err}"
         );
         assert!(databases_like(&format!("{name}_restore")).is_empty());
+    }
+}
+
+mod checks {
+    //! Integrity checks, read-only queries and session termination against
+    //! the real server.
+
+    use std::time::Duration;
+
+    use super::*;
+    use drhost::bindings::CapError;
+    use drhost::capability::postgres::checks::{
+        QueryLimits, Validation, integrity_check, query_read_only, terminate_connections,
+    };
+    use drhost::capability::postgres::restore::Config;
+
+    fn admin() -> Config {
+        let mut c = Config::new();
+        c.host(&std::env::var("PGHOST").unwrap_or_else(|_| "127.0.0.1".into()))
+            .user(&std::env::var("PGUSER").unwrap_or_else(|_| "postgres".into()))
+            .dbname("postgres");
+        c
+    }
+
+    fn fresh(tag: &str) -> Db {
+        let db = Db(format!("drhost_ck_{tag}_{}", std::process::id()));
+        psql("postgres", &format!("CREATE DATABASE \"{}\"", db.0));
+        psql(
+            &db.0,
+            "CREATE TABLE t (id int PRIMARY KEY, v text); CREATE INDEX t_v ON t (v); INSERT INTO t SELECT g, g::text FROM generate_series(1, 100) g;",
+        );
+        db
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn integrity_check_runs_amcheck_when_installed_and_validations() {
+        let db = fresh("ic");
+        let validations = vec![
+            Validation {
+                name: "t has rows".into(),
+                sql: "SELECT count(*) FROM t".into(),
+            },
+            Validation {
+                name: "no orphans".into(),
+                sql: "SELECT NOT exists(SELECT 1 FROM t WHERE v IS NULL)".into(),
+            },
+            Validation {
+                name: "deliberately false".into(),
+                sql: "SELECT false".into(),
+            },
+        ];
+        let report = integrity_check(&admin(), &db.0, &validations, QueryLimits::default())
+            .await
+            .expect("check");
+        let by_name = |n: &str| {
+            report
+                .checks
+                .iter()
+                .find(|c| c.name == n)
+                .cloned()
+                .expect(n)
+        };
+        assert!(by_name("connectivity").ok);
+        assert!(
+            by_name("amcheck").detail.contains("not run"),
+            "{:?}",
+            by_name("amcheck")
+        );
+        assert_eq!(
+            (
+                by_name("t has rows").ok,
+                by_name("t has rows").detail.as_str()
+            ),
+            (true, "100")
+        );
+        assert!(by_name("no orphans").ok);
+        assert!(!by_name("deliberately false").ok);
+        assert!(!report.healthy);
+
+        psql(&db.0, "CREATE EXTENSION amcheck");
+        let report = integrity_check(&admin(), &db.0, &validations[..2], QueryLimits::default())
+            .await
+            .expect("check");
+        let amcheck = report
+            .checks
+            .iter()
+            .find(|c| c.name == "amcheck")
+            .expect("amcheck");
+        assert!(
+            amcheck.ok
+                && amcheck
+                    .detail
+                    .contains("B-tree indexes checked, all intact"),
+            "{amcheck:?}"
+        );
+        assert!(report.healthy);
+
+        let err = integrity_check(&admin(), "drhost_no_such_db", &[], QueryLimits::default())
+            .await
+            .expect_err("missing");
+        assert!(matches!(err, CapError::NotFound(_)), "{err}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn queries_are_single_read_only_bounded_statements() {
+        let db = fresh("q");
+        let limits = QueryLimits::default();
+        let rows = query_read_only(
+            &admin(),
+            &db.0,
+            "SELECT id, v, NULL FROM t WHERE id <= 2 ORDER BY id",
+            limits,
+        )
+        .await
+        .expect("query");
+        assert_eq!(
+            rows,
+            vec![
+                vec!["1".to_owned(), "1".into(), String::new()],
+                vec!["2".into(), "2".into(), String::new()]
+            ]
+        );
+        let err = query_read_only(&admin(), &db.0, "SELECT 1; DROP TABLE t", limits)
+            .await
+            .expect_err("two statements");
+        assert!(matches!(err, CapError::Invalid(_)), "{err}");
+        let err = query_read_only(&admin(), &db.0, "DELETE FROM t", limits)
+            .await
+            .expect_err("a write");
+        assert!(
+            matches!(err, CapError::Failed(ref m) if m.contains("read-only")),
+            "{err}"
+        );
+        let small = QueryLimits {
+            max_rows: 10,
+            ..limits
+        };
+        let err = query_read_only(&admin(), &db.0, "SELECT * FROM t", small)
+            .await
+            .expect_err("too many rows");
+        assert!(
+            matches!(err, CapError::Invalid(ref m) if m.contains("10 rows")),
+            "{err}"
+        );
+        let quick = QueryLimits {
+            timeout: Duration::from_millis(200),
+            ..limits
+        };
+        let err = query_read_only(&admin(), &db.0, "SELECT pg_sleep(5)", quick)
+            .await
+            .expect_err("timeout");
+        assert!(matches!(err, CapError::TimedOut(_)), "{err}");
+        // Nothing was changed by any of it.
+        assert_eq!(
+            String::from_utf8_lossy(&psql(&db.0, "COPY (SELECT count(*) FROM t) TO STDOUT")),
+            "100\n"
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn terminate_connections_ends_other_sessions() {
+        let db = fresh("tc");
+        let mut sleeper = pg_env(&mut Command::new("psql"))
+            .args(["-X", "-q", "-d", &db.0, "-c", "SELECT pg_sleep(30)"])
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("psql");
+        let mut n = 0;
+        for _ in 0..50 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            n = terminate_connections(&admin(), &db.0)
+                .await
+                .expect("terminate");
+            if n > 0 {
+                break;
+            }
+        }
+        assert!(n >= 1, "the sleeping session was not seen");
+        let status = sleeper.wait().expect("psql exits");
+        assert!(!status.success(), "the terminated psql must fail");
     }
 }

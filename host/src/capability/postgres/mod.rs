@@ -2,6 +2,7 @@
 //! backend trait, and the mock.
 
 pub mod archive;
+pub mod checks;
 pub mod mock;
 pub mod plain;
 pub mod restore;
