@@ -12,6 +12,7 @@ use std::process::Command;
 use drhost::capability::postgres::archive::{
     BackupFormat, Compression, CustomArchive, Section, sniff, strip_copy_terminator,
 };
+use drhost::capability::postgres::restore::Config;
 
 fn pg_env(cmd: &mut Command) -> &mut Command {
     let host = std::env::var("PGHOST").unwrap_or_else(|_| "127.0.0.1".into());
@@ -39,6 +40,18 @@ fn psql(db: &str, sql: &str) -> Vec<u8> {
         "psql",
         &["-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", db, "-c", sql],
     )
+}
+
+/// Connection settings for the maintenance database, from PGHOST/PGUSER/PGPORT.
+fn admin() -> Config {
+    let host = std::env::var("PGHOST").unwrap_or_else(|_| "127.0.0.1".into());
+    let user = std::env::var("PGUSER").unwrap_or_else(|_| "postgres".into());
+    let mut c = Config::new();
+    c.host(&host).user(&user).dbname("postgres");
+    if let Ok(port) = std::env::var("PGPORT") {
+        c.port(port.parse().expect("PGPORT is a number"));
+    }
+    c
 }
 
 /// A throwaway database, dropped on drop.
@@ -215,20 +228,7 @@ mod restore {
     //! swap, the previous one kept; failures leave the original intact.
 
     use super::*;
-    use drhost::capability::postgres::restore::{
-        Config, RestoreError, RestoreOptions, restore_custom,
-    };
-
-    fn admin() -> Config {
-        let host = std::env::var("PGHOST").unwrap_or_else(|_| "127.0.0.1".into());
-        let user = std::env::var("PGUSER").unwrap_or_else(|_| "postgres".into());
-        let mut c = Config::new();
-        c.host(&host).user(&user).dbname("postgres");
-        if let Ok(port) = std::env::var("PGPORT") {
-            c.port(port.parse().expect("PGPORT is a number"));
-        }
-        c
-    }
+    use drhost::capability::postgres::restore::{RestoreError, RestoreOptions, restore_custom};
 
     fn databases_like(prefix: &str) -> Vec<String> {
         let out = psql(
@@ -403,15 +403,6 @@ mod checks {
     use drhost::capability::postgres::checks::{
         QueryLimits, Validation, integrity_check, query_read_only, terminate_connections,
     };
-    use drhost::capability::postgres::restore::Config;
-
-    fn admin() -> Config {
-        let mut c = Config::new();
-        c.host(&std::env::var("PGHOST").unwrap_or_else(|_| "127.0.0.1".into()))
-            .user(&std::env::var("PGUSER").unwrap_or_else(|_| "postgres".into()))
-            .dbname("postgres");
-        c
-    }
 
     fn fresh(tag: &str) -> Db {
         let db = Db(format!("drhost_ck_{tag}_{}", std::process::id()));
