@@ -14,6 +14,8 @@
 
 use std::path::PathBuf;
 
+pub mod s3_server;
+
 include!(concat!(env!("OUT_DIR"), "/plugins.rs"));
 
 /// The absolute path of the component built from the guest package `name`

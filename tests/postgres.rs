@@ -224,11 +224,45 @@ fn a_truncated_real_archive_names_what_is_missing() {
 }
 
 mod restore {
-    //! The custom-archive restore against the real server: new database,
-    //! swap, the previous one kept; failures leave the original intact.
+    //! The restore against the real server, from every supported backup
+    //! format, over 2 load connections: new database, swap, the previous
+    //! one kept; the result compared with the source (schema dump and
+    //! per-table checksums); failures leave the original intact.
 
     use super::*;
-    use drhost::capability::postgres::restore::{RestoreError, RestoreOptions, restore_custom};
+    use drhost::capability::postgres::checks::Validation;
+    use drhost::capability::postgres::restore::{RestoreError, RestoreOptions, restore};
+
+    /// What breaks naive restorers, on top of [`SCHEMA`]: a partitioned
+    /// table, a standalone sequence with a set value, a one-column table
+    /// with empty strings (empty COPY lines), quoted mixed-case names in a
+    /// second schema, a view over a join, comments, and a table big enough
+    /// (several MiB of COPY text) to be split across load connections.
+    const TORTURE: &str = r#"
+CREATE SCHEMA "Ops";
+CREATE TABLE "Ops"."Audit Log" ("When" timestamptz NOT NULL, "What" text, amount numeric(12,2), PRIMARY KEY ("When", "What"));
+CREATE SEQUENCE "Ops".ticket_seq START 1000 INCREMENT 7;
+SELECT setval('"Ops".ticket_seq', 4242, true);
+CREATE TABLE measurements (city int NOT NULL, logdate date NOT NULL, peak int) PARTITION BY RANGE (logdate);
+CREATE TABLE measurements_2025 PARTITION OF measurements FOR VALUES FROM ('2025-01-01') TO ('2026-01-01');
+CREATE TABLE measurements_2026 PARTITION OF measurements FOR VALUES FROM ('2026-01-01') TO ('2027-01-01');
+CREATE INDEX measurements_city ON measurements (city);
+CREATE TABLE blanks (v text);
+INSERT INTO blanks VALUES (''), (''), (NULL), ('\.'), (E'\\.');
+CREATE TABLE events (id bigint PRIMARY KEY, at timestamptz NOT NULL, kind text NOT NULL, payload jsonb, note text);
+CREATE INDEX events_kind_at ON events (kind, at);
+ALTER TABLE screenings ADD CONSTRAINT score_range CHECK (score >= 0);
+CREATE VIEW "Ops"."Candidate Scores" AS SELECT c."Full Name", s.score FROM "Candidates" c JOIN screenings s ON s.candidate_id = c.id;
+COMMENT ON COLUMN "Ops"."Audit Log"."What" IS 'what happened; "quoted" and $$dollars$$';
+INSERT INTO "Ops"."Audit Log" SELECT timestamptz '2026-01-01' + g * interval '1 minute', 'event ' || g || E'\twith tab', g * 1.5 FROM generate_series(1, 2000) g;
+INSERT INTO measurements SELECT g % 50, date '2025-06-01' + (g % 400), g FROM generate_series(1, 20000) g;
+INSERT INTO events SELECT g, timestamptz '2026-01-01' + g * interval '1 second', (ARRAY['login','logout','error'])[1 + g % 3],
+  jsonb_build_object('n', g, 's', repeat('x', g % 40)), CASE WHEN g % 7 = 0 THEN NULL ELSE 'note ' || md5(g::text) || E'\n' || 'line two \\ backslash' END
+  FROM generate_series(1, 60000) g;
+"#;
+
+    /// Rows in SCHEMA + TORTURE.
+    const ROWS: u64 = 2 + 5000 + 2000 + 20000 + 5 + 60000;
 
     fn databases_like(prefix: &str) -> Vec<String> {
         let out = psql(
@@ -243,6 +277,18 @@ mod restore {
             .collect()
     }
 
+    async fn no_database_like(prefix: &str) -> Vec<String> {
+        let mut left = databases_like(prefix);
+        for _ in 0..100 {
+            if left.is_empty() {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            left = databases_like(prefix);
+        }
+        left
+    }
+
     /// Schema without pg_dump's random \restrict keys.
     fn schema(db: &str) -> String {
         let out = run("pg_dump", &["-s", "--no-owner", "-d", db]);
@@ -253,111 +299,236 @@ mod restore {
             .join("\n")
     }
 
-    fn data(db: &str) -> Vec<String> {
-        ["public.\"Candidates\"", "public.screenings"]
-            .iter()
-            .map(|t| {
-                String::from_utf8_lossy(&psql(
-                    db,
-                    &format!("COPY (SELECT * FROM {t} ORDER BY id) TO STDOUT"),
-                ))
-                .into_owned()
-            })
-            .chain(std::iter::once(
-                String::from_utf8_lossy(&psql(
-                    db,
-                    "COPY (SELECT last_value FROM public.screenings_id_seq) TO STDOUT",
-                ))
-                .into_owned(),
-            ))
-            .collect()
+    /// Per table: row count and an order-independent checksum of its rows;
+    /// per sequence: its state. (Parallel loading changes the physical row
+    /// order, never the content.)
+    fn content(db: &str) -> String {
+        let sql = r#"
+CREATE TEMP TABLE sums (obj text, n bigint, h text);
+DO $do$
+DECLARE r record; c bigint; h text; lv bigint; called bool;
+BEGIN
+  FOR r IN SELECT format('%I.%I', schemaname, tablename) AS t FROM pg_tables
+           WHERE schemaname NOT IN ('pg_catalog', 'information_schema') LOOP
+    EXECUTE format($q$SELECT count(*), md5(coalesce(string_agg(x::text, E'\n' ORDER BY x::text), '')) FROM %s x$q$, r.t) INTO c, h;
+    INSERT INTO sums VALUES (r.t, c, h);
+  END LOOP;
+  FOR r IN SELECT format('%I.%I', schemaname, sequencename) AS s FROM pg_sequences LOOP
+    EXECUTE format('SELECT last_value, is_called FROM %s', r.s) INTO lv, called;
+    INSERT INTO sums VALUES (r.s, lv, called::text);
+  END LOOP;
+END $do$;
+COPY (SELECT * FROM sums ORDER BY obj) TO STDOUT;
+"#;
+        String::from_utf8_lossy(&psql(db, sql)).into_owned()
+    }
+
+    fn options(target: &str, run: &str) -> RestoreOptions {
+        let mut o = RestoreOptions::new(admin(), target, run);
+        o.jobs = 2;
+        o
+    }
+
+    fn gzip(bytes: &[u8]) -> Vec<u8> {
+        use std::io::Write;
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        gz.write_all(bytes).expect("gzip");
+        gz.finish().expect("gzip")
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn restore_swaps_in_a_faithful_copy_and_keeps_the_previous_database() {
+    async fn every_format_restores_a_faithful_copy_and_keeps_the_previous_database() {
         let pid = std::process::id();
         let source = Db(format!("drhost_rs_src_{pid}"));
         psql("postgres", &format!("CREATE DATABASE \"{}\"", source.0));
         psql(&source.0, SCHEMA);
-        let target = Db(format!("drhost_rs_tgt_{pid}"));
-        psql("postgres", &format!("CREATE DATABASE \"{}\"", target.0));
-        psql(
-            &target.0,
-            "CREATE TABLE corrupted (x int); INSERT INTO corrupted VALUES (42);",
-        );
-        let kept = Db(format!("{}_before_r1", target.0));
-        let _partial = Db(format!("{}_restore_r1", target.0));
-
+        psql(&source.0, TORTURE);
         let dir = tempfile::tempdir().expect("tempdir");
-        let bytes = dump(&source.0, dir.path(), "src.dump", &[]);
-        let options = RestoreOptions {
-            admin: admin(),
-            database: target.0.clone(),
-            run_id: "r1".into(),
-            keep_previous: true,
+        let custom = dump(&source.0, dir.path(), "src.dump", &[]);
+        let plain = {
+            let path = dir.path().join("src.sql");
+            run(
+                "pg_dump",
+                &["-Fp", "-d", &source.0, "-f", path.to_str().expect("utf-8")],
+            );
+            std::fs::read(&path).expect("read plain dump")
         };
-        let outcome = restore_custom(&options, std::io::Cursor::new(bytes))
-            .await
-            .expect("restore");
-        assert_eq!(outcome.kept_as.as_deref(), Some(kept.0.as_str()));
-        assert_eq!((outcome.tables, outcome.rows), (2, 5002));
-        assert_eq!(
-            schema(&target.0),
-            schema(&source.0),
-            "restored schema differs"
+        assert!(
+            String::from_utf8_lossy(&plain).contains("ALTER TABLE public.events OWNER TO"),
+            "the plain dump should carry owners (no-owner is exercised)"
         );
-        assert_eq!(data(&target.0), data(&source.0), "restored data differs");
-        // The previous database is kept for forensics, untouched.
-        assert_eq!(
-            String::from_utf8_lossy(&psql(&kept.0, "COPY corrupted TO STDOUT")),
-            "42\n"
+        let want_schema = schema(&source.0);
+        let want_content = content(&source.0);
+        assert!(
+            want_content.contains("public.events\t60000"),
+            "{want_content}"
         );
-        assert!(databases_like(&format!("{}_restore", target.0)).is_empty());
+
+        let formats: [(&str, Vec<u8>, &str); 4] = [
+            ("custom", custom.clone(), "custom"),
+            ("custom.gz", gzip(&custom), "custom"),
+            ("plain", plain.clone(), "plain"),
+            ("plain.gz", gzip(&plain), "plain"),
+        ];
+        for (i, (name, bytes, format)) in formats.into_iter().enumerate() {
+            let target = Db(format!("drhost_rs_tgt_{pid}_{i}"));
+            psql("postgres", &format!("CREATE DATABASE \"{}\"", target.0));
+            psql(
+                &target.0,
+                "CREATE TABLE corrupted (x int); INSERT INTO corrupted VALUES (42);",
+            );
+            let kept = Db(format!("{}_before_r{i}", target.0));
+            let _partial = Db(format!("{}_restore_r{i}", target.0));
+            let mut o = options(&target.0, &format!("r{i}"));
+            o.validations = vec![Validation {
+                name: "events loaded".into(),
+                sql: "SELECT count(*) FROM events".into(),
+            }];
+            let outcome = restore(&o, std::io::Cursor::new(bytes))
+                .await
+                .unwrap_or_else(|e| panic!("restore from {name}: {e}"));
+            assert_eq!(outcome.format, format, "{name}");
+            assert_eq!(outcome.jobs, 2);
+            assert_eq!(outcome.kept_as.as_deref(), Some(kept.0.as_str()), "{name}");
+            assert_eq!(outcome.rows, ROWS, "{name}");
+            assert!(
+                outcome.data_bytes > 4 << 20,
+                "{name}: {}",
+                outcome.data_bytes
+            );
+            assert_eq!(
+                schema(&target.0),
+                want_schema,
+                "{name}: restored schema differs"
+            );
+            assert_eq!(
+                content(&target.0),
+                want_content,
+                "{name}: restored data differs"
+            );
+            // The previous database is kept for forensics, untouched.
+            assert_eq!(
+                String::from_utf8_lossy(&psql(&kept.0, "COPY corrupted TO STDOUT")),
+                "42\n"
+            );
+            assert!(databases_like(&format!("{}_restore", target.0)).is_empty());
+        }
     }
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_corrupt_backup_leaves_the_original_untouched_and_no_partial_database() {
-        let pid = std::process::id();
-        let source = Db(format!("drhost_rc_src_{pid}"));
-        psql("postgres", &format!("CREATE DATABASE \"{}\"", source.0));
-        psql(&source.0, SCHEMA);
-        let target = Db(format!("drhost_rc_tgt_{pid}"));
+    /// Restores `bytes` over a database holding a `precious` row, expects
+    /// failure, and checks the original is intact and no partial database
+    /// is left. Returns the error.
+    async fn fails_cleanly(tag: &str, bytes: Vec<u8>) -> RestoreError {
+        let target = Db(format!("drhost_rf_{tag}_{}", std::process::id()));
         psql("postgres", &format!("CREATE DATABASE \"{}\"", target.0));
         psql(
             &target.0,
             "CREATE TABLE precious (x int); INSERT INTO precious VALUES (7);",
         );
-        let dir = tempfile::tempdir().expect("tempdir");
-        let bytes = dump(&source.0, dir.path(), "src.dump", &[]);
-        let truncated = bytes[..bytes.len() - 200].to_vec();
-        let options = RestoreOptions {
-            admin: admin(),
-            database: target.0.clone(),
-            run_id: "r2".into(),
-            keep_previous: true,
-        };
-        let err = restore_custom(&options, std::io::Cursor::new(truncated))
+        let err = restore(&options(&target.0, "rf"), std::io::Cursor::new(bytes))
             .await
             .expect_err("must fail");
+        assert_eq!(
+            String::from_utf8_lossy(&psql(&target.0, "COPY precious TO STDOUT")),
+            "7\n",
+            "the original must be intact after: {err}"
+        );
+        let left = no_database_like(&format!("{}_restore_rf", target.0)).await;
+        assert!(left.is_empty(), "partial database left behind after: {err}");
+        err
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn corrupt_truncated_or_foreign_backups_leave_the_original_untouched() {
+        let pid = std::process::id();
+        let source = Db(format!("drhost_rc_src_{pid}"));
+        psql("postgres", &format!("CREATE DATABASE \"{}\"", source.0));
+        psql(&source.0, SCHEMA);
+        psql(&source.0, TORTURE);
+        let dir = tempfile::tempdir().expect("tempdir");
+        let bytes = dump(&source.0, dir.path(), "src.dump", &[]);
+
+        let err = fails_cleanly("trunc", bytes[..bytes.len() * 2 / 3].to_vec()).await;
+        assert!(matches!(err, RestoreError::Source(_)), "{err}");
+
+        let mut flipped = bytes.clone();
+        let at = flipped.len() / 2;
+        for b in &mut flipped[at..at + 64] {
+            *b ^= 0x5a;
+        }
+        let err = fails_cleanly("flip", flipped).await;
         assert!(
-            matches!(err, RestoreError::Archive(_) | RestoreError::Verify(_)),
+            matches!(err, RestoreError::Source(_) | RestoreError::Sql { .. }),
             "{err}"
         );
+
+        let gz = gzip(&bytes);
+        let err = fails_cleanly("gztrunc", gz[..gz.len() / 2].to_vec()).await;
+        assert!(matches!(err, RestoreError::Source(_)), "{err}");
+
+        let err = fails_cleanly("png", b"\x89PNG\r\n\x1a\n0000000000000".to_vec()).await;
+        assert!(
+            err.to_string().contains("not a pg_dump custom archive"),
+            "{err}"
+        );
+
+        let err = fails_cleanly(
+            "connect",
+            b"CREATE TABLE a (x int);\n\\connect other\nCREATE TABLE b (x int);\n".to_vec(),
+        )
+        .await;
+        assert!(err.to_string().contains("pg_dump -C"), "{err}");
+
+        let err = fails_cleanly(
+            "ext",
+            b"CREATE EXTENSION IF NOT EXISTS drhost_no_such_extension;\nCREATE TABLE a (x int);\n"
+                .to_vec(),
+        )
+        .await;
+        let msg = err.to_string();
+        assert!(
+            msg.contains("drhost_no_such_extension")
+                && msg.contains("not installed on this server"),
+            "{msg}"
+        );
+    }
+
+    /// A stalled download: nothing for 5 s (longer than the restore is
+    /// given), then an error. (Not forever: the test's runtime waits for
+    /// the reading thread when it shuts down.)
+    struct Stall;
+    impl std::io::Read for Stall {
+        fn read(&mut self, _: &mut [u8]) -> std::io::Result<usize> {
+            std::thread::sleep(std::time::Duration::from_secs(5));
+            Err(std::io::Error::other("stalled"))
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_timeout_in_the_data_phase_drops_the_partial_database() {
+        let pid = std::process::id();
+        let target = Db(format!("drhost_rt_tgt_{pid}"));
+        psql("postgres", &format!("CREATE DATABASE \"{}\"", target.0));
+        psql(
+            &target.0,
+            "CREATE TABLE precious (x int); INSERT INTO precious VALUES (7);",
+        );
+        // A plain dump whose data stops coming after the first rows.
+        let head = b"CREATE TABLE t (x int);\nCOPY public.t (x) FROM stdin;\n1\n2\n".to_vec();
+        let stalled = std::io::Read::chain(std::io::Cursor::new(head), Stall);
+        let options = options(&target.0, "rt");
+        let result = tokio::time::timeout(
+            std::time::Duration::from_secs(2),
+            restore(&options, stalled),
+        )
+        .await;
+        assert!(result.is_err(), "the restore should still be waiting");
+        let left = no_database_like(&format!("{}_restore_rt", target.0)).await;
+        assert!(left.is_empty(), "partial database left behind: {left:?}");
         assert_eq!(
             String::from_utf8_lossy(&psql(&target.0, "COPY precious TO STDOUT")),
             "7\n"
         );
-        // The partial database is dropped (asynchronously, on a new connection).
-        let partial = format!("{}_restore_r2", target.0);
-        let mut left = databases_like(&partial);
-        for _ in 0..50 {
-            if left.is_empty() {
-                break;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-            left = databases_like(&partial);
-        }
-        assert!(left.is_empty(), "partial database left behind: {left:?}");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -373,13 +544,7 @@ mod restore {
             .spawn()
             .expect("psql");
         tokio::time::sleep(std::time::Duration::from_millis(800)).await;
-        let options = RestoreOptions {
-            admin: admin(),
-            database: name.clone(),
-            run_id: "r3".into(),
-            keep_previous: true,
-        };
-        let err = restore_custom(&options, std::io::Cursor::new(Vec::new()))
+        let err = restore(&options(&name, "r3"), std::io::Cursor::new(Vec::new()))
             .await
             .expect_err("refused");
         let mut holder = holder;

@@ -2,6 +2,7 @@
 //! backend trait, and the mock. Read-only: backups are read, never written.
 
 pub mod mock;
+pub mod s3;
 
 use async_trait::async_trait;
 

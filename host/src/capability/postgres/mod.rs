@@ -6,6 +6,7 @@ pub mod checks;
 pub mod mock;
 pub mod plain;
 pub mod restore;
+pub mod source;
 
 use async_trait::async_trait;
 

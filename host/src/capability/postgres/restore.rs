@@ -1,54 +1,69 @@
-//! Restoring a `pg_dump -Fc` archive into PostgreSQL without ever touching
-//! the only copy: load into a new database, verify, then swap names.
+//! Restoring a PostgreSQL backup without ever touching the only copy: load
+//! into a new database over several connections, verify, then swap names.
 //!
 //! ```text
-//! advisory lock "drhost-restore:<db>" (a second restore of <db> is refused)
+//! advisory lock "drhost-restore:<db>"      a second restore of <db> is refused
 //! CREATE DATABASE <db>_restore_<run> TEMPLATE template0
-//!   pre-data  (types, tables, functions, ...; TOC order)
-//!   data      (each table's COPY text streamed from the archive)
-//!   post-data (indexes, constraints, triggers; TOC order), then comments, then ACLs
-//! verify      (every table with data in the archive got its rows)
-//! swap        (one transaction: <db> -> <db>_before_<run>, new -> <db>,
-//!              after terminating the sessions on <db>)
+//! reader thread (source.rs) ── bounded channel ──▶ loader
+//!   custom archive:                          plain SQL dump:
+//!     pre-data    TOC order, 1 connection      statements in order, 1 connection;
+//!     data        N connections (below)        SET/set_config replayed on all N;
+//!     sequences   1 connection                 COPY blocks on N connections,
+//!     post-data   N connections, dependency    a barrier before the next statement
+//!                 order, no two on one table
+//!     comments, privileges  1 connection
+//! verify      every table with data loaded; the runbook's validation queries
+//! swap        terminate sessions on <db>; one transaction:
+//!             <db> -> <db>_before_<run>, new -> <db>
 //! ```
 //!
-//! The archive is read on a blocking thread ([`super::archive`]) and handed
-//! over through a small bounded channel, so memory stays bounded whatever
-//! the backup's size. Load sessions run with `synchronous_commit = off`;
-//! the swap transaction commits synchronously, which flushes the WAL of
-//! everything before it: that is the durability point.
+//! **Data load.** Each table's COPY text arrives in pieces of whole rows;
+//! every piece goes to whichever of the N load connections is free, each
+//! running its own `COPY ... FROM STDIN` on that table. A table is thereby
+//! loaded by all N connections at once: unlike `pg_restore -j`, one huge
+//! table does not leave the other connections idle. Rows end up in a
+//! different physical order than in the source, which SQL never promised.
 //!
-//! On any failure (SQL error, corrupt archive, cancellation) the new
-//! database is dropped and the original is untouched; if the server is gone
-//! the partial database keeps its `_restore_<run>` name for cleanup.
+//! **Durability.** Load sessions run with `synchronous_commit = off`; the
+//! swap transaction commits synchronously, which flushes the WAL of all that
+//! came before it. Nothing is visible under the original name before that.
 //!
-//! Groundwork for the PostgreSQL issue: sequential (one connection), custom
-//! format only, owners not restored (objects belong to the restoring role:
-//! the `no-owner` behaviour), large objects refused by the archive reader.
-//! Parallel loading, plain dumps, S3 streaming and progress reporting are
-//! not wired in yet.
+//! **Failure.** On any error (SQL, a corrupt backup, the object store, the
+//! server gone) the new database is dropped and the original is untouched;
+//! if the drop itself fails, the error names the partial database to drop
+//! by hand. A cancelled restore (timeout, Ctrl-C: the future is dropped)
+//! aborts the load tasks and the reader, and drops the partial database in
+//! the background.
+//!
+//! **Owners.** Objects belong to the restoring role. Plain dumps' `ALTER ...
+//! OWNER TO` statements are skipped when `no_owner` is set (the default);
+//! custom archives carry owners as TOC metadata, which is not applied.
 
+use std::collections::{HashMap, HashSet};
 use std::io::Read;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures_util::SinkExt;
 use tokio::sync::mpsc;
-use tokio_postgres::{Client, NoTls};
+use tokio::task::JoinSet;
+use tokio_postgres::{Client, CopyInSink, NoTls};
 
-use super::archive::{ArchiveError, CustomArchive, Section, TocEntry};
+use super::archive::{Section, TocEntry};
+use super::checks::{QueryLimits, Validation};
+use super::source::{CHANNEL_DEPTH, CopyTarget, Msg, SourceError};
 
 pub use tokio_postgres::Config;
 
-/// Bytes of COPY data per message between the reading thread and the loader.
-const CHUNK: usize = 256 * 1024;
-/// Messages in flight between the reading thread and the loader.
-const CHANNEL_DEPTH: usize = 8;
-/// Bytes held back at the end of each block so pg_dump's `\.` end marker can
-/// be removed before the data reaches the server.
-const HOLD_BACK: usize = 16;
 /// PostgreSQL's limit on identifier length (bytes).
 const MAX_IDENT: usize = 63;
+/// Load connections when the server's core count is unknown.
+const DEFAULT_JOBS: usize = 4;
+/// Pieces queued for the load connections.
+const PIECES_IN_FLIGHT: usize = 4;
 
 /// What to restore where.
 #[derive(Debug, Clone)]
@@ -62,6 +77,81 @@ pub struct RestoreOptions {
     pub run_id: String,
     /// Keep the previous database as `<db>_before_<run>` (default true).
     pub keep_previous: bool,
+    /// Load connections; 0 picks the server's cores when it runs on this
+    /// machine, else 4.
+    pub jobs: usize,
+    /// Skip `ALTER ... OWNER TO` in plain dumps (objects belong to the
+    /// restoring role).
+    pub no_owner: bool,
+    /// Queries that must pass on the new database before the swap.
+    pub validations: Vec<Validation>,
+    /// Where progress is reported.
+    pub progress: Progress,
+}
+
+impl RestoreOptions {
+    /// Options with the defaults: keep the previous database, automatic
+    /// jobs, no owners, no validations.
+    pub fn new(admin: Config, database: impl Into<String>, run_id: impl Into<String>) -> Self {
+        RestoreOptions {
+            admin,
+            database: database.into(),
+            run_id: run_id.into(),
+            keep_previous: true,
+            jobs: 0,
+            no_owner: true,
+            validations: Vec::new(),
+            progress: Progress::default(),
+        }
+    }
+}
+
+/// Live progress of a restore, shared with whoever displays it.
+#[derive(Debug, Clone, Default)]
+pub struct Progress(Arc<ProgressState>);
+
+#[derive(Debug, Default)]
+struct ProgressState {
+    read_bytes: Arc<AtomicU64>,
+    total_bytes: AtomicU64,
+    loaded_bytes: AtomicU64,
+    phase: Mutex<String>,
+}
+
+/// A snapshot of [`Progress`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProgressSnapshot {
+    /// Bytes of the backup read (compressed, as stored).
+    pub read_bytes: u64,
+    /// The backup's size, when known (0 otherwise).
+    pub total_bytes: u64,
+    /// Bytes of COPY data sent to the server.
+    pub loaded_bytes: u64,
+    /// `schema`, `data public.candidates`, `post-data`, `verify`, `swap`.
+    pub phase: String,
+}
+
+impl Progress {
+    /// Records the backup's total size (for a percentage).
+    pub fn set_total(&self, bytes: u64) {
+        self.0.total_bytes.store(bytes, Ordering::Relaxed);
+    }
+
+    fn set_phase(&self, phase: impl Into<String>) {
+        if let Ok(mut p) = self.0.phase.lock() {
+            *p = phase.into();
+        }
+    }
+
+    /// The current figures.
+    pub fn snapshot(&self) -> ProgressSnapshot {
+        ProgressSnapshot {
+            read_bytes: self.0.read_bytes.load(Ordering::Relaxed),
+            total_bytes: self.0.total_bytes.load(Ordering::Relaxed),
+            loaded_bytes: self.0.loaded_bytes.load(Ordering::Relaxed),
+            phase: self.0.phase.lock().map(|p| p.clone()).unwrap_or_default(),
+        }
+    }
 }
 
 /// What a restore did.
@@ -71,13 +161,19 @@ pub struct RestoreOutcome {
     pub database: String,
     /// Where the previous one was kept, if it existed and was kept.
     pub kept_as: Option<String>,
+    /// `custom` or `plain`.
+    pub format: &'static str,
+    /// Load connections used.
+    pub jobs: usize,
     /// Tables loaded.
     pub tables: u32,
     /// Rows loaded.
     pub rows: u64,
+    /// Bytes of the backup read (as stored).
+    pub read_bytes: u64,
     /// Bytes of COPY data loaded.
     pub data_bytes: u64,
-    /// Time per phase: schema, data, post-data, swap.
+    /// Time per phase: schema, data, post-data, verify, swap.
     pub phases: Vec<(&'static str, Duration)>,
 }
 
@@ -100,9 +196,12 @@ pub enum RestoreError {
         /// The driver's error.
         source: tokio_postgres::Error,
     },
-    /// The archive cannot be read.
-    #[error("the backup cannot be read: {0}")]
-    Archive(#[from] ArchiveError),
+    /// The backup cannot be read.
+    #[error("the backup cannot be restored: {0}")]
+    Source(#[from] SourceError),
+    /// The backup holds something a restore into one database cannot do.
+    #[error("the backup cannot be restored: {0}")]
+    Unsupported(String),
     /// A statement failed.
     #[error("restore failed in {phase} at {object}: {message}")]
     Sql {
@@ -114,8 +213,45 @@ pub enum RestoreError {
         message: String,
     },
     /// Verification found a difference.
-    #[error("verification failed: {0}")]
+    #[error("verification of the restored database failed: {0}")]
     Verify(String),
+    /// The restore failed and the partial database could not be dropped.
+    #[error(
+        "{source}; the partial database {partial:?} could not be dropped ({why}): drop it by hand"
+    )]
+    PartialLeft {
+        /// Why the restore failed.
+        source: Box<RestoreError>,
+        /// The partial database's name.
+        partial: String,
+        /// Why dropping it failed.
+        why: String,
+    },
+}
+
+impl RestoreError {
+    /// Whether the cause is on the server's side of the connection (gone,
+    /// unreachable) rather than in the backup or a statement.
+    pub fn is_unavailable(&self) -> bool {
+        match self {
+            RestoreError::Connect { .. } => true,
+            RestoreError::PartialLeft { source, .. } => source.is_unavailable(),
+            _ => false,
+        }
+    }
+}
+
+fn db_message(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => {
+            let mut m = format!("{}: {}", db.code().code(), db.message());
+            if let Some(d) = db.detail() {
+                m.push_str(&format!(" ({d})"));
+            }
+            m
+        }
+        None => e.to_string(),
+    }
 }
 
 fn sql_err(
@@ -123,13 +259,22 @@ fn sql_err(
     object: impl Into<String>,
 ) -> impl FnOnce(tokio_postgres::Error) -> RestoreError {
     let object = object.into();
-    move |e| RestoreError::Sql {
-        phase,
-        object,
-        message: match e.as_db_error() {
-            Some(db) => format!("{}: {}", db.code().code(), db.message()),
-            None => e.to_string(),
-        },
+    move |e| {
+        let mut message = db_message(&e);
+        let missing_extension = e.as_db_error().is_some_and(|db| {
+            db.message().contains("extension") && db.message().contains("is not available")
+        });
+        if missing_extension {
+            message.push_str(
+                "; the extension is not installed on this server: install its package \
+                 (Debian: postgresql-<major>-<extension> or postgresql-contrib) or restore to a server that has it",
+            );
+        }
+        RestoreError::Sql {
+            phase,
+            object,
+            message,
+        }
     }
 }
 
@@ -150,79 +295,9 @@ fn derived_name(base: &str, suffix: &str) -> String {
     format!("{}{suffix}", &base[..end])
 }
 
-/// Messages from the archive-reading thread.
-enum Msg {
-    Toc(Vec<TocEntry>),
-    BlockStart(i32),
-    Data(Bytes),
-    BlockEnd,
-    Failed(ArchiveError),
-}
-
-/// Reads the archive on the current (blocking) thread, sending the TOC and
-/// then every data block's COPY rows (without pg_dump's `\.` marker).
-fn read_archive(reader: impl Read, tx: mpsc::Sender<Msg>) {
-    let send = |m: Msg| tx.blocking_send(m).is_ok();
-    let mut archive = match CustomArchive::open(reader) {
-        Ok(a) => a,
-        Err(e) => {
-            send(Msg::Failed(e));
-            return;
-        }
-    };
-    if !send(Msg::Toc(archive.toc().to_vec())) {
-        return;
-    }
-    loop {
-        let mut block = match archive.next_block() {
-            Ok(Some(b)) => b,
-            Ok(None) => return,
-            Err(e) => {
-                send(Msg::Failed(e));
-                return;
-            }
-        };
-        if !send(Msg::BlockStart(block.dump_id)) {
-            return;
-        }
-        let mut pending: Vec<u8> = Vec::with_capacity(CHUNK + HOLD_BACK);
-        let mut buf = vec![0u8; CHUNK];
-        loop {
-            let n = match block.read(&mut buf) {
-                Ok(0) => break,
-                Ok(n) => n,
-                Err(e) => {
-                    send(Msg::Failed(ArchiveError::Corrupt {
-                        offset: 0,
-                        problem: format!("data block {}: {e}", block.dump_id),
-                    }));
-                    return;
-                }
-            };
-            pending.extend_from_slice(&buf[..n]);
-            if pending.len() > CHUNK + HOLD_BACK {
-                let keep = pending.split_off(pending.len() - HOLD_BACK);
-                if !send(Msg::Data(Bytes::from(std::mem::replace(
-                    &mut pending,
-                    keep,
-                )))) {
-                    return;
-                }
-            }
-        }
-        let rows = super::archive::strip_copy_terminator(&pending);
-        if !rows.is_empty() && !send(Msg::Data(Bytes::copy_from_slice(rows))) {
-            return;
-        }
-        if !send(Msg::BlockEnd) {
-            return;
-        }
-    }
-}
-
 /// Session settings every load connection gets (pg_restore's, plus bulk
-/// load tuning); the archive's ENCODING, STDSTRINGS and SEARCHPATH entries
-/// are added to them.
+/// load tuning); a custom archive's ENCODING, STDSTRINGS and SEARCHPATH
+/// entries are added, a plain dump's own SETs are replayed after them.
 const SESSION: &str = "SET statement_timeout = 0; SET lock_timeout = 0; \
     SET idle_in_transaction_session_timeout = 0; SET check_function_bodies = false; \
     SET xmloption = content; SET client_min_messages = warning; SET row_security = off; \
@@ -245,17 +320,11 @@ async fn connect(config: &Config, what: &str) -> Result<Client, RestoreError> {
     Ok(client)
 }
 
-/// Drops the half-restored database unless disarmed (also when the restore
-/// future is cancelled: the drop spawns the cleanup).
+/// Drops the half-restored database if the restore future is dropped
+/// (cancelled) before finishing; errors are handled inline instead.
 struct Cleanup {
     admin: Config,
     database: Option<String>,
-}
-
-impl Cleanup {
-    fn disarm(&mut self) {
-        self.database = None;
-    }
 }
 
 impl Drop for Cleanup {
@@ -265,31 +334,56 @@ impl Drop for Cleanup {
         };
         let admin = self.admin.clone();
         if let Ok(handle) = tokio::runtime::Handle::try_current() {
+            tracing::warn!("restore cancelled: dropping the partial database {db}");
             handle.spawn(async move {
-                let sql = format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", quote_ident(&db));
-                match connect(&admin, "cleanup").await {
-                    Ok(c) => {
-                        if let Err(e) = c.batch_execute(&sql).await {
-                            tracing::warn!(
-                                "could not drop the partial database {db}: {e}; drop it by hand"
-                            );
-                        }
-                    }
-                    Err(e) => tracing::warn!(
-                        "could not drop the partial database {db}: {e}; drop it by hand"
-                    ),
+                if let Err(why) = drop_database(&admin, &db).await {
+                    tracing::warn!(
+                        "could not drop the partial database {db}: {why}; drop it by hand"
+                    );
                 }
             });
         }
     }
 }
 
-/// Restores `reader` (a custom-format archive) as `options.database`.
+async fn drop_database(admin: &Config, db: &str) -> Result<(), String> {
+    let client = connect(admin, "cleanup").await.map_err(|e| e.to_string())?;
+    client
+        .batch_execute(&format!(
+            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+            quote_ident(db)
+        ))
+        .await
+        .map_err(|e| db_message(&e))
+}
+
+/// Load connections to use: `jobs`, or the server's cores when it is local.
+fn pick_jobs(jobs: usize, admin: &Config) -> usize {
+    if jobs > 0 {
+        return jobs;
+    }
+    let local = admin.get_hosts().iter().all(|h| match h {
+        tokio_postgres::config::Host::Tcp(name) => {
+            matches!(name.as_str(), "localhost" | "127.0.0.1" | "::1")
+        }
+        #[cfg(unix)]
+        tokio_postgres::config::Host::Unix(_) => true,
+    });
+    if local {
+        std::thread::available_parallelism().map_or(DEFAULT_JOBS, usize::from)
+    } else {
+        DEFAULT_JOBS
+    }
+}
+
+/// Restores the backup `reader` yields (custom archive or plain SQL, raw or
+/// gzip; judged by content) as `options.database`. `reader` is read on a
+/// blocking thread.
 ///
 /// # Errors
 /// [`RestoreError`]; the original database is untouched whenever this
-/// returns an error.
-pub async fn restore_custom<R: Read + Send + 'static>(
+/// returns an error, and the partial one is dropped (or named in the error).
+pub async fn restore<R: Read + Send + 'static>(
     options: &RestoreOptions,
     reader: R,
 ) -> Result<RestoreOutcome, RestoreError> {
@@ -300,8 +394,15 @@ pub async fn restore_custom<R: Read + Send + 'static>(
             "must be 1 to 63 bytes, without NUL".into(),
         ));
     }
+    if matches!(target.as_str(), "postgres" | "template0" | "template1") {
+        return Err(RestoreError::BadName(
+            target.clone(),
+            "is a system database".into(),
+        ));
+    }
     let new_db = derived_name(target, &format!("_restore_{}", options.run_id));
     let kept = derived_name(target, &format!("_before_{}", options.run_id));
+    let progress = &options.progress;
 
     let admin = connect(&options.admin, "maintenance database").await?;
     let locked: bool = admin
@@ -324,183 +425,51 @@ pub async fn restore_custom<R: Read + Send + 'static>(
         .map_err(sql_err("checking", target.clone()))?
         .get(0);
 
-    admin
-        .batch_execute(&format!(
+    // A leftover from a crashed earlier attempt of this very run.
+    for sql in [
+        format!(
+            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+            quote_ident(&new_db)
+        ),
+        format!(
             "CREATE DATABASE {} TEMPLATE template0",
             quote_ident(&new_db)
-        ))
-        .await
-        .map_err(sql_err("creating the new database", new_db.clone()))?;
+        ),
+    ] {
+        admin
+            .batch_execute(&sql)
+            .await
+            .map_err(sql_err("creating the new database", new_db.clone()))?;
+    }
     let mut cleanup = Cleanup {
         admin: options.admin.clone(),
         database: Some(new_db.clone()),
     };
 
-    let (tx, mut rx) = mpsc::channel(CHANNEL_DEPTH);
-    let reading = tokio::task::spawn_blocking(move || read_archive(reader, tx));
-
-    let mut phases = Vec::new();
-    let started = Instant::now();
-    let toc = match rx.recv().await {
-        Some(Msg::Toc(toc)) => toc,
-        Some(Msg::Failed(e)) => return Err(e.into()),
-        _ => {
-            return Err(RestoreError::Verify(
-                "the archive reader stopped before the table of contents".into(),
-            ));
+    let mut new_config = options.admin.clone();
+    new_config.dbname(&new_db);
+    let jobs = pick_jobs(options.jobs, &options.admin);
+    let loaded = load_and_verify(options, &new_config, &new_db, jobs, reader).await;
+    let mut outcome = match loaded {
+        Ok(o) => o,
+        Err(e) => {
+            cleanup.database = None;
+            progress.set_phase("cleanup");
+            return Err(match drop_database(&options.admin, &new_db).await {
+                Ok(()) => e,
+                Err(why) => RestoreError::PartialLeft {
+                    source: Box::new(e),
+                    partial: new_db,
+                    why,
+                },
+            });
         }
     };
-    let mut load_config = options.admin.clone();
-    load_config.dbname(&new_db);
-    let load = connect(&load_config, "new database").await?;
-    let mut session = String::from(SESSION);
-    for e in toc
-        .iter()
-        .filter(|e| matches!(e.desc.as_str(), "ENCODING" | "STDSTRINGS" | "SEARCHPATH"))
-    {
-        session.push_str(&e.defn);
-    }
-    load.batch_execute(&session)
-        .await
-        .map_err(sql_err("session setup", "settings"))?;
 
-    let object = |e: &TocEntry| match &e.namespace {
-        Some(ns) => format!("{} {ns}.{}", e.desc, e.tag),
-        None => format!("{} {}", e.desc, e.tag),
-    };
-    let skip = |e: &TocEntry| {
-        matches!(
-            e.desc.as_str(),
-            "ENCODING" | "STDSTRINGS" | "SEARCHPATH" | "DATABASE" | "DATABASE PROPERTIES"
-        ) || e.defn.trim().is_empty()
-    };
-    let is_acl = |e: &TocEntry| matches!(e.desc.as_str(), "ACL" | "DEFAULT ACL");
-
-    for e in toc
-        .iter()
-        .filter(|e| e.section == Section::PreData && !skip(e) && !is_acl(e))
-    {
-        load.batch_execute(&e.defn)
-            .await
-            .map_err(sql_err("pre-data", object(e)))?;
-    }
-    phases.push(("schema", started.elapsed()));
-
-    let data_started = Instant::now();
-    let (mut tables, mut rows, mut data_bytes) = (0u32, 0u64, 0u64);
-    let mut loaded = std::collections::BTreeSet::new();
-    while let Some(msg) = rx.recv().await {
-        let id = match msg {
-            Msg::BlockStart(id) => id,
-            Msg::Failed(e) => return Err(e.into()),
-            Msg::Toc(_) | Msg::Data(_) | Msg::BlockEnd => {
-                return Err(RestoreError::Verify(
-                    "the archive reader sent data out of order".into(),
-                ));
-            }
-        };
-        let entry = toc.iter().find(|e| e.dump_id == id).ok_or_else(|| {
-            RestoreError::Verify(format!(
-                "a data block for dump id {id}, which is not in the TOC"
-            ))
-        })?;
-        let Some(copy) = entry.copy_stmt.as_deref() else {
-            return Err(RestoreError::Verify(format!(
-                "{} has data but no COPY statement",
-                object(entry)
-            )));
-        };
-        let sink = load
-            .copy_in::<_, Bytes>(copy.trim_end())
-            .await
-            .map_err(sql_err("data", object(entry)))?;
-        futures_util::pin_mut!(sink);
-        loop {
-            match rx.recv().await {
-                Some(Msg::Data(chunk)) => {
-                    data_bytes += chunk.len() as u64;
-                    sink.send(chunk)
-                        .await
-                        .map_err(sql_err("data", object(entry)))?;
-                }
-                Some(Msg::BlockEnd) => break,
-                Some(Msg::Failed(e)) => return Err(e.into()),
-                Some(Msg::Toc(_) | Msg::BlockStart(_)) | None => {
-                    return Err(RestoreError::Verify(format!(
-                        "the data of {} ended early",
-                        object(entry)
-                    )));
-                }
-            }
-        }
-        rows += sink
-            .as_mut()
-            .finish()
-            .await
-            .map_err(sql_err("data", object(entry)))?;
-        tables += 1;
-        loaded.insert(id);
-    }
-    reading
-        .await
-        .map_err(|e| RestoreError::Verify(format!("the archive reader thread failed: {e}")))?;
-    for e in toc
-        .iter()
-        .filter(|e| e.section == Section::Data && e.copy_stmt.is_none() && !skip(e))
-    {
-        // SEQUENCE SET and the like: small statements of the data section.
-        load.batch_execute(&e.defn)
-            .await
-            .map_err(sql_err("data", object(e)))?;
-    }
-    phases.push(("data", data_started.elapsed()));
-
-    let post_started = Instant::now();
-    for e in toc
-        .iter()
-        .filter(|e| e.section == Section::PostData && !skip(e) && !is_acl(e))
-    {
-        load.batch_execute(&e.defn)
-            .await
-            .map_err(sql_err("post-data", object(e)))?;
-    }
-    for e in toc
-        .iter()
-        .filter(|e| e.section == Section::None && !skip(e) && !is_acl(e))
-    {
-        load.batch_execute(&e.defn)
-            .await
-            .map_err(sql_err("comments", object(e)))?;
-    }
-    for e in toc.iter().filter(|e| is_acl(e) && !skip(e)) {
-        load.batch_execute(&e.defn)
-            .await
-            .map_err(sql_err("privileges", object(e)))?;
-    }
-    phases.push(("post-data", post_started.elapsed()));
-
-    // Verify: every table that has data in the archive was loaded.
-    if let Some(missing) = toc
-        .iter()
-        .find(|e| e.copy_stmt.is_some() && e.had_dumper && !loaded.contains(&e.dump_id))
-    {
-        return Err(RestoreError::Verify(format!(
-            "the data of {} was never loaded",
-            object(missing)
-        )));
-    }
-    drop(load);
-
+    progress.set_phase("swap");
     let swap_started = Instant::now();
     let mut swap = String::from("BEGIN;");
     if exists {
-        admin
-            .execute(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()",
-                &[target],
-            )
-            .await
-            .map_err(sql_err("swap", target.clone()))?;
         swap.push_str(&format!(
             "ALTER DATABASE {} RENAME TO {};",
             quote_ident(target),
@@ -512,11 +481,44 @@ pub async fn restore_custom<R: Read + Send + 'static>(
         quote_ident(&new_db),
         quote_ident(target)
     ));
-    if let Err(e) = admin.batch_execute(&swap).await {
-        let _ = admin.batch_execute("ROLLBACK").await;
-        return Err(sql_err("swap", target.clone())(e));
+    // Sessions may reconnect between the terminate and the rename: retry a
+    // few times on "being accessed by other users".
+    let mut attempt = 0;
+    loop {
+        if exists {
+            admin
+                .execute(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()",
+                    &[target],
+                )
+                .await
+                .map_err(sql_err("swap", target.clone()))?;
+        }
+        match admin.batch_execute(&swap).await {
+            Ok(()) => break,
+            Err(e) => {
+                let _ = admin.batch_execute("ROLLBACK").await;
+                let in_use = e.as_db_error().is_some_and(|d| d.code().code() == "55006");
+                attempt += 1;
+                if in_use && attempt < 10 {
+                    tokio::time::sleep(Duration::from_millis(50 * attempt)).await;
+                    continue;
+                }
+                // Not swapped: the original is untouched; drop the new one.
+                let err = sql_err("swap", target.clone())(e);
+                cleanup.database = None;
+                return Err(match drop_database(&options.admin, &new_db).await {
+                    Ok(()) => err,
+                    Err(why) => RestoreError::PartialLeft {
+                        source: Box::new(err),
+                        partial: new_db,
+                        why,
+                    },
+                });
+            }
+        }
     }
-    cleanup.disarm();
+    cleanup.database = None;
     let mut kept_as = exists.then(|| kept.clone());
     if exists && !options.keep_previous {
         admin
@@ -528,15 +530,601 @@ pub async fn restore_custom<R: Read + Send + 'static>(
             .map_err(sql_err("dropping the previous database", kept.clone()))?;
         kept_as = None;
     }
-    phases.push(("swap", swap_started.elapsed()));
+    outcome.phases.push(("swap", swap_started.elapsed()));
+    outcome.kept_as = kept_as;
+    progress.set_phase("done");
+    Ok(outcome)
+}
+
+/// Loads the backup into `new_db` and verifies it.
+async fn load_and_verify<R: Read + Send + 'static>(
+    options: &RestoreOptions,
+    new_config: &Config,
+    new_db: &str,
+    jobs: usize,
+    reader: R,
+) -> Result<RestoreOutcome, RestoreError> {
+    let progress = options.progress.clone();
+    let (tx, mut rx) = mpsc::channel(CHANNEL_DEPTH);
+    let read_bytes = progress.0.read_bytes.clone();
+    // Dropping `rx` (on error or cancellation) stops the reading thread.
+    let _reading =
+        tokio::task::spawn_blocking(move || super::source::produce(reader, read_bytes, tx));
+
+    progress.set_phase("connecting");
+    let mut clients = Vec::with_capacity(jobs);
+    let lead = connect(new_config, "new database").await?;
+    for i in 0..jobs {
+        clients.push(connect(new_config, &format!("load connection {}", i + 1)).await?);
+    }
+    let mut loader = Loader {
+        lead,
+        workers: clients,
+        progress: progress.clone(),
+        phases: Vec::new(),
+        tables: 0,
+        rows: 0,
+        no_owner: options.no_owner,
+    };
+    let format = match rx.recv().await {
+        Some(Msg::Custom(toc)) => {
+            loader.custom(toc, &mut rx).await?;
+            "custom"
+        }
+        Some(Msg::Plain) => {
+            loader.plain(&mut rx).await?;
+            "plain"
+        }
+        Some(Msg::Failed(e)) => return Err(e.into()),
+        Some(_) | None => {
+            return Err(RestoreError::Verify(
+                "the backup reader stopped before recognising the format".into(),
+            ));
+        }
+    };
+
+    let verify_started = Instant::now();
+    progress.set_phase("verify");
+    if !options.validations.is_empty() {
+        let report = super::checks::integrity_check(
+            &options.admin,
+            new_db,
+            &options.validations,
+            QueryLimits::default(),
+        )
+        .await
+        .map_err(|e| RestoreError::Verify(format!("{}: {}", e.kind(), e.message())))?;
+        let failed: Vec<String> = report
+            .checks
+            .iter()
+            .filter(|c| !c.ok)
+            .map(|c| format!("{}: {}", c.name, c.detail))
+            .collect();
+        if !failed.is_empty() {
+            return Err(RestoreError::Verify(failed.join("; ")));
+        }
+    }
+    loader.phases.push(("verify", verify_started.elapsed()));
+    let snap = progress.snapshot();
     Ok(RestoreOutcome {
-        database: target.clone(),
-        kept_as,
-        tables,
-        rows,
-        data_bytes,
-        phases,
+        database: options.database.clone(),
+        kept_as: None,
+        format,
+        jobs,
+        tables: loader.tables,
+        rows: loader.rows,
+        read_bytes: snap.read_bytes,
+        data_bytes: snap.loaded_bytes,
+        phases: loader.phases,
     })
+}
+
+/// The connections of one restore and what they did.
+struct Loader {
+    /// Schema statements, sequences, comments, privileges.
+    lead: Client,
+    /// Data and post-data (N connections).
+    workers: Vec<Client>,
+    progress: Progress,
+    phases: Vec<(&'static str, Duration)>,
+    tables: u32,
+    rows: u64,
+    no_owner: bool,
+}
+
+fn toc_object(e: &TocEntry) -> String {
+    match &e.namespace {
+        Some(ns) => format!("{} {ns}.{}", e.desc, e.tag),
+        None => format!("{} {}", e.desc, e.tag),
+    }
+}
+
+impl Loader {
+    async fn on_all(&self, sql: &str, phase: &'static str) -> Result<(), RestoreError> {
+        self.lead
+            .batch_execute(sql)
+            .await
+            .map_err(sql_err(phase, "session settings"))?;
+        for w in &self.workers {
+            w.batch_execute(sql)
+                .await
+                .map_err(sql_err(phase, "session settings"))?;
+        }
+        Ok(())
+    }
+
+    /// A custom archive: TOC-driven phases.
+    async fn custom(
+        &mut self,
+        toc: Vec<TocEntry>,
+        rx: &mut mpsc::Receiver<Msg>,
+    ) -> Result<(), RestoreError> {
+        let started = Instant::now();
+        let mut session = String::from(SESSION);
+        for e in toc
+            .iter()
+            .filter(|e| matches!(e.desc.as_str(), "ENCODING" | "STDSTRINGS" | "SEARCHPATH"))
+        {
+            session.push_str(&e.defn);
+        }
+        self.on_all(&session, "session setup").await?;
+        let skip = |e: &TocEntry| {
+            matches!(
+                e.desc.as_str(),
+                "ENCODING" | "STDSTRINGS" | "SEARCHPATH" | "DATABASE" | "DATABASE PROPERTIES"
+            ) || e.defn.trim().is_empty()
+        };
+        let is_acl = |e: &TocEntry| matches!(e.desc.as_str(), "ACL" | "DEFAULT ACL");
+        if let Some(e) = toc.iter().find(|e| e.desc == "BLOBS" || e.desc == "BLOB") {
+            return Err(RestoreError::Unsupported(format!(
+                "it contains large objects ({}), which drhost does not restore yet; use pg_restore for this backup",
+                toc_object(e)
+            )));
+        }
+
+        self.progress.set_phase("schema");
+        for e in toc
+            .iter()
+            .filter(|e| e.section == Section::PreData && !skip(e) && !is_acl(e))
+        {
+            self.lead
+                .batch_execute(&e.defn)
+                .await
+                .map_err(sql_err("pre-data", toc_object(e)))?;
+        }
+        self.phases.push(("schema", started.elapsed()));
+
+        let data_started = Instant::now();
+        let expected: HashSet<String> = toc
+            .iter()
+            .filter(|e| e.copy_stmt.is_some() && e.had_dumper)
+            .map(toc_object)
+            .collect();
+        let loaded = self.data(rx).await?;
+        if let Some(missing) = expected.iter().find(|o| !loaded.contains(*o)) {
+            return Err(RestoreError::Verify(format!(
+                "the data of {missing} was never loaded"
+            )));
+        }
+        self.progress.set_phase("sequences");
+        for e in toc
+            .iter()
+            .filter(|e| e.section == Section::Data && e.copy_stmt.is_none() && !skip(e))
+        {
+            // SEQUENCE SET and the like: small statements of the data section.
+            self.lead
+                .batch_execute(&e.defn)
+                .await
+                .map_err(sql_err("data", toc_object(e)))?;
+        }
+        self.phases.push(("data", data_started.elapsed()));
+
+        let post_started = Instant::now();
+        self.progress.set_phase("post-data");
+        let post: Vec<&TocEntry> = toc
+            .iter()
+            .filter(|e| e.section == Section::PostData && !skip(e) && !is_acl(e))
+            .collect();
+        self.post_data(&toc, &post).await?;
+        for e in toc
+            .iter()
+            .filter(|e| e.section == Section::None && !skip(e) && !is_acl(e))
+        {
+            self.lead
+                .batch_execute(&e.defn)
+                .await
+                .map_err(sql_err("comments", toc_object(e)))?;
+        }
+        for e in toc.iter().filter(|e| is_acl(e) && !skip(e)) {
+            self.lead
+                .batch_execute(&e.defn)
+                .await
+                .map_err(sql_err("privileges", toc_object(e)))?;
+        }
+        self.phases.push(("post-data", post_started.elapsed()));
+        Ok(())
+    }
+
+    /// Streams every table's rows to the load connections until the reader
+    /// is done (custom) or a non-COPY message arrives (plain; returned).
+    /// Returns the objects loaded.
+    async fn data(
+        &mut self,
+        rx: &mut mpsc::Receiver<Msg>,
+    ) -> Result<HashSet<String>, RestoreError> {
+        let (objects, _) = self.data_until_statement(rx, None).await?;
+        Ok(objects)
+    }
+
+    async fn data_until_statement(
+        &mut self,
+        rx: &mut mpsc::Receiver<Msg>,
+        first: Option<Arc<CopyTarget>>,
+    ) -> Result<(HashSet<String>, Option<Msg>), RestoreError> {
+        let mut pool = DataPool::start(std::mem::take(&mut self.workers), self.progress.clone());
+        let mut objects = HashSet::new();
+        let mut current = first;
+        if let Some(t) = &current {
+            objects.insert(t.object.clone());
+            self.progress.set_phase(format!("data {}", t.object));
+        }
+        let mut rest = None;
+        let mut in_copy = current.is_some();
+        let result: Result<(), RestoreError> = async {
+            while let Some(msg) = rx.recv().await {
+                match msg {
+                    Msg::CopyStart(t) if !in_copy => {
+                        objects.insert(t.object.clone());
+                        self.progress.set_phase(format!("data {}", t.object));
+                        current = Some(t);
+                        in_copy = true;
+                    }
+                    Msg::Data(data) if in_copy => {
+                        if let Some(t) = &current {
+                            pool.send(Piece {
+                                target: t.clone(),
+                                data,
+                            })
+                            .await?;
+                        }
+                    }
+                    Msg::CopyEnd if in_copy => in_copy = false,
+                    Msg::Failed(e) => return Err(e.into()),
+                    other @ (Msg::Statement(_) | Msg::Meta(_)) if !in_copy => {
+                        rest = Some(other);
+                        return Ok(());
+                    }
+                    other => {
+                        return Err(RestoreError::Verify(format!(
+                            "the backup reader sent {other:?} out of order"
+                        )));
+                    }
+                }
+            }
+            if in_copy {
+                return Err(RestoreError::Verify(
+                    "the backup ended inside a table's data".into(),
+                ));
+            }
+            Ok(())
+        }
+        .await;
+        // Always collect the connections back (and the first load error).
+        let finished = pool.finish().await;
+        result?;
+        let (workers, rows) = finished?;
+        self.workers = workers;
+        self.rows += rows;
+        self.tables += objects.len() as u32;
+        Ok((objects, rest))
+    }
+
+    /// Post-data entries over the load connections: an entry starts once
+    /// the entries it depends on are done, and never while another entry on
+    /// one of the same tables runs (as pg_restore does: no lock waits, no
+    /// deadlocks between constraint builds).
+    async fn post_data(
+        &mut self,
+        toc: &[TocEntry],
+        post: &[&TocEntry],
+    ) -> Result<(), RestoreError> {
+        let by_id: HashMap<i32, &TocEntry> = toc.iter().map(|e| (e.dump_id, e)).collect();
+        let index_of: HashMap<i32, usize> = post
+            .iter()
+            .enumerate()
+            .map(|(i, e)| (e.dump_id, i))
+            .collect();
+        let tables_of = |e: &TocEntry| -> Vec<i32> {
+            e.dependencies
+                .iter()
+                .filter_map(|d| by_id.get(d))
+                .filter(|d| d.desc == "TABLE")
+                .map(|d| d.dump_id)
+                .collect()
+        };
+        let jobs: Vec<PostJob> = post
+            .iter()
+            .map(|e| {
+                let deps: Vec<usize> = e
+                    .dependencies
+                    .iter()
+                    .filter_map(|d| index_of.get(d).copied())
+                    .collect();
+                let mut locks = tables_of(e);
+                for d in &deps {
+                    locks.extend(tables_of(post[*d]));
+                }
+                locks.sort_unstable();
+                locks.dedup();
+                PostJob {
+                    sql: Arc::from(e.defn.as_str()),
+                    object: toc_object(e),
+                    deps,
+                    locks,
+                }
+            })
+            .collect();
+        let mut state = vec![JobState::Waiting; jobs.len()];
+        let mut free = std::mem::take(&mut self.workers);
+        let mut running: JoinSet<(usize, Client, Result<(), tokio_postgres::Error>)> =
+            JoinSet::new();
+        let mut held: HashSet<i32> = HashSet::new();
+        let mut done = 0;
+        while done < jobs.len() {
+            while !free.is_empty() {
+                let ready = (0..jobs.len()).find(|&j| {
+                    state[j] == JobState::Waiting
+                        && jobs[j].deps.iter().all(|&d| state[d] == JobState::Done)
+                        && jobs[j].locks.iter().all(|t| !held.contains(t))
+                });
+                let Some(j) = ready else { break };
+                let Some(client) = free.pop() else { break };
+                state[j] = JobState::Running;
+                held.extend(jobs[j].locks.iter().copied());
+                let sql = jobs[j].sql.clone();
+                running.spawn(async move {
+                    let r = client.batch_execute(&sql).await;
+                    (j, client, r)
+                });
+            }
+            let Some(joined) = running.join_next().await else {
+                let stuck = (0..jobs.len())
+                    .find(|&j| state[j] == JobState::Waiting)
+                    .map(|j| jobs[j].object.clone())
+                    .unwrap_or_default();
+                return Err(RestoreError::Verify(format!(
+                    "post-data entries depend on each other in a cycle (at {stuck})"
+                )));
+            };
+            let (j, client, result) = joined
+                .map_err(|e| RestoreError::Verify(format!("a post-data task failed: {e}")))?;
+            result.map_err(sql_err("post-data", jobs[j].object.clone()))?;
+            state[j] = JobState::Done;
+            for t in &jobs[j].locks {
+                held.remove(t);
+            }
+            free.push(client);
+            done += 1;
+        }
+        self.workers = free;
+        Ok(())
+    }
+
+    /// A plain SQL dump: statements in order on the lead connection, session
+    /// settings replayed on every connection, COPY blocks on all of them.
+    async fn plain(&mut self, rx: &mut mpsc::Receiver<Msg>) -> Result<(), RestoreError> {
+        self.on_all(SESSION, "session setup").await?;
+        self.progress.set_phase("schema");
+        let mut schema_time = Duration::ZERO;
+        let mut data_time = Duration::ZERO;
+        let mut next = rx.recv().await;
+        let mut statements = 0u64;
+        let mut mark = Instant::now();
+        while let Some(msg) = next.take() {
+            match msg {
+                Msg::Statement(sql) => {
+                    statements += 1;
+                    if self.no_owner && is_owner_change(&sql) {
+                        tracing::debug!("skipped (no-owner): {}", excerpt(&sql));
+                    } else if super::plain::is_session_setting(&sql) {
+                        self.on_all(&sql, "session setting").await?;
+                    } else {
+                        self.lead.batch_execute(&sql).await.map_err(sql_err(
+                            "statement",
+                            format!("statement {statements} ({})", excerpt(&sql)),
+                        ))?;
+                    }
+                }
+                Msg::Meta(meta) => {
+                    let word = meta.split_whitespace().next().unwrap_or("");
+                    match word {
+                        "\\restrict" | "\\unrestrict" => {}
+                        "\\connect" | "\\c" => {
+                            return Err(RestoreError::Unsupported(format!(
+                                "it switches databases (`{}`): it was taken with `pg_dump -C` or pg_dumpall; \
+                                 restore a single-database dump (pg_dump without -C)",
+                                excerpt(&meta)
+                            )));
+                        }
+                        _ => {
+                            return Err(RestoreError::Unsupported(format!(
+                                "it contains the psql meta-command `{}`, which only psql can run",
+                                excerpt(&meta)
+                            )));
+                        }
+                    }
+                }
+                Msg::CopyStart(t) => {
+                    schema_time += mark.elapsed();
+                    mark = Instant::now();
+                    let (_, rest) = self.data_until_statement(rx, Some(t)).await?;
+                    data_time += mark.elapsed();
+                    mark = Instant::now();
+                    self.progress.set_phase("schema");
+                    next = rest;
+                    continue;
+                }
+                Msg::Failed(e) => return Err(e.into()),
+                other => {
+                    return Err(RestoreError::Verify(format!(
+                        "the backup reader sent {other:?} out of order"
+                    )));
+                }
+            }
+            next = rx.recv().await;
+        }
+        schema_time += mark.elapsed();
+        self.phases.push(("schema", schema_time));
+        self.phases.push(("data", data_time));
+        Ok(())
+    }
+}
+
+/// `ALTER ... OWNER TO ...` (pg_dump writes one per object unless
+/// `--no-owner`).
+fn is_owner_change(sql: &str) -> bool {
+    let s = sql.trim_start();
+    s.len() > 6
+        && s[..6].eq_ignore_ascii_case("alter ")
+        && s.to_ascii_uppercase().contains(" OWNER TO ")
+}
+
+fn excerpt(s: &str) -> String {
+    let one_line: String = s.split_whitespace().collect::<Vec<_>>().join(" ");
+    match one_line.char_indices().nth(80) {
+        Some((i, _)) => format!("{}…", &one_line[..i]),
+        None => one_line,
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum JobState {
+    Waiting,
+    Running,
+    Done,
+}
+
+struct PostJob {
+    sql: Arc<str>,
+    object: String,
+    deps: Vec<usize>,
+    locks: Vec<i32>,
+}
+
+/// Whole rows of one table for one load connection.
+struct Piece {
+    target: Arc<CopyTarget>,
+    data: Bytes,
+}
+
+type LoadResult = Result<(Client, u64), RestoreError>;
+
+/// N load connections taking pieces from one queue; each keeps a
+/// `COPY ... FROM STDIN` open on the table of its last piece.
+struct DataPool {
+    tx: mpsc::Sender<Piece>,
+    tasks: JoinSet<LoadResult>,
+}
+
+impl DataPool {
+    fn start(workers: Vec<Client>, progress: Progress) -> DataPool {
+        let (tx, rx) = mpsc::channel(PIECES_IN_FLIGHT);
+        let rx = Arc::new(tokio::sync::Mutex::new(rx));
+        let mut tasks = JoinSet::new();
+        for client in workers {
+            tasks.spawn(load_worker(client, rx.clone(), progress.clone()));
+        }
+        DataPool { tx, tasks }
+    }
+
+    async fn send(&mut self, piece: Piece) -> Result<(), RestoreError> {
+        tokio::select! {
+            biased;
+            Some(ended) = self.tasks.join_next() => Err(match ended {
+                Ok(Err(e)) => e,
+                Ok(Ok(_)) => RestoreError::Verify("a load connection stopped early".into()),
+                Err(e) => RestoreError::Verify(format!("a load task failed: {e}")),
+            }),
+            sent = self.tx.send(piece) => sent.map_err(|_| {
+                RestoreError::Verify("every load connection stopped".into())
+            }),
+        }
+    }
+
+    /// Closes the queue, waits for every connection to finish its COPY, and
+    /// returns the connections and the rows loaded.
+    async fn finish(self) -> Result<(Vec<Client>, u64), RestoreError> {
+        let DataPool { tx, mut tasks } = self;
+        drop(tx);
+        let mut clients = Vec::new();
+        let mut rows = 0;
+        let mut first_error = None;
+        while let Some(ended) = tasks.join_next().await {
+            match ended {
+                Ok(Ok((client, n))) => {
+                    clients.push(client);
+                    rows += n;
+                }
+                Ok(Err(e)) => {
+                    first_error.get_or_insert(e);
+                }
+                Err(e) => {
+                    first_error
+                        .get_or_insert(RestoreError::Verify(format!("a load task failed: {e}")));
+                }
+            }
+        }
+        match first_error {
+            Some(e) => Err(e),
+            None => Ok((clients, rows)),
+        }
+    }
+}
+
+async fn load_worker(
+    client: Client,
+    queue: Arc<tokio::sync::Mutex<mpsc::Receiver<Piece>>>,
+    progress: Progress,
+) -> LoadResult {
+    type Sink = Pin<Box<CopyInSink<Bytes>>>;
+    let mut current: Option<(Arc<CopyTarget>, Sink)> = None;
+    let mut rows = 0u64;
+    loop {
+        let next = queue.lock().await.recv().await;
+        let Some(piece) = next else { break };
+        let same = current
+            .as_ref()
+            .is_some_and(|(t, _)| Arc::ptr_eq(t, &piece.target));
+        if !same {
+            if let Some((t, mut sink)) = current.take() {
+                rows += sink
+                    .as_mut()
+                    .finish()
+                    .await
+                    .map_err(sql_err("data", t.object.clone()))?;
+            }
+            let sink = client
+                .copy_in::<_, Bytes>(piece.target.stmt.as_str())
+                .await
+                .map_err(sql_err("data", piece.target.object.clone()))?;
+            current = Some((piece.target.clone(), Box::pin(sink)));
+        }
+        if let Some((t, sink)) = current.as_mut() {
+            let len = piece.data.len() as u64;
+            sink.send(piece.data)
+                .await
+                .map_err(sql_err("data", t.object.clone()))?;
+            progress.0.loaded_bytes.fetch_add(len, Ordering::Relaxed);
+        }
+    }
+    if let Some((t, mut sink)) = current.take() {
+        rows += sink
+            .as_mut()
+            .finish()
+            .await
+            .map_err(sql_err("data", t.object.clone()))?;
+    }
+    Ok((client, rows))
 }
 
 #[cfg(test)]
