@@ -127,6 +127,8 @@ struct RawFixture {
     notify: NotifyFixture,
     #[serde(default)]
     faults: Vec<FaultFixture>,
+    #[serde(default)]
+    live: Vec<String>,
     expect: Option<Expect>,
 }
 
@@ -204,7 +206,14 @@ pub struct Fixture {
     pub operator: OperatorFixture,
     /// Expectations, if any.
     pub expect: Option<Expect>,
+    /// Capabilities served by the runbook's real backends instead of mocks
+    /// (`live = ["postgres", "object-store"]`): a drill against staging
+    /// databases with the rest simulated.
+    pub live: Vec<String>,
 }
+
+/// Capabilities a fixture may hand to the runbook's real backends.
+pub const LIVE_CAPABILITIES: &[&str] = &["postgres", "object-store"];
 
 /// `capability.operation` names a fault may target.
 pub const OPERATIONS: &[&str] = &[
@@ -303,6 +312,17 @@ impl Fixture {
             env,
             operator: raw.operator,
             expect: raw.expect,
+            live: {
+                for l in &raw.live {
+                    if !LIVE_CAPABILITIES.contains(&l.as_str()) {
+                        return Err(invalid(format!(
+                            "`live`: {l:?} has no real backend; one of: {}",
+                            LIVE_CAPABILITIES.join(", ")
+                        )));
+                    }
+                }
+                raw.live
+            },
         })
     }
 

@@ -304,6 +304,7 @@ impl Gate {
     ) -> wasmtime::Result<Result<T, CapError>> {
         let started = Instant::now();
         let class = op.class();
+        let long_running = op.is_long_running();
         let args = raw_json(&op);
         let base = || {
             Event::new(EventKind::CallIntent)
@@ -375,7 +376,11 @@ impl Gate {
             return Ok(simulated);
         }
 
-        let limit = self.call_timeout.min(scope.remaining());
+        let limit = if long_running {
+            scope.remaining()
+        } else {
+            self.call_timeout.min(scope.remaining())
+        };
         let result = match tokio::time::timeout(limit, real).await {
             Ok(r) => r,
             Err(_) => Err(CapError::TimedOut(format!(

@@ -10,9 +10,11 @@
 //! drill and an incident. See ARCHITECTURE.md for the map.
 
 pub mod audit;
+pub mod backends;
 pub mod bindings;
 pub mod capability;
 pub mod engine;
+pub mod exec;
 pub mod fixture;
 pub mod gate;
 pub mod instance;

@@ -77,6 +77,11 @@ pub enum Op<'a> {
         bucket: &'a str,
         key: &'a str,
     },
+    /// Not a WIT import: `drhost exec object-store get` (download a backup).
+    ObjGet {
+        bucket: &'a str,
+        key: &'a str,
+    },
     ObjVerify {
         bucket: &'a str,
         key: &'a str,
@@ -137,6 +142,21 @@ pub struct OpClass {
 }
 
 impl Op<'_> {
+    /// Calls that take as long as their work (a restore, waiting for pods or
+    /// health): bounded by what is left of the step's budget, not by the
+    /// per-call timeout.
+    pub fn is_long_running(&self) -> bool {
+        matches!(
+            self,
+            Op::PgRestore { .. }
+                | Op::K8sWaitReady { .. }
+                | Op::HealthWaitHealthy { .. }
+                | Op::ObjVerify { .. }
+                | Op::ObjGet { .. }
+                | Op::ClockSleep { .. }
+        )
+    }
+
     /// Interface, function and effect of this call. Exhaustive by design.
     pub fn class(&self) -> OpClass {
         use Effect::*;
@@ -156,6 +176,7 @@ impl Op<'_> {
             Op::ObjNewest { .. } => ("object-store", "newest", Read),
             Op::ObjHead { .. } => ("object-store", "head", Read),
             Op::ObjVerify { .. } => ("object-store", "verify", Read),
+            Op::ObjGet { .. } => ("object-store", "get", Read),
             Op::HealthCheck { .. } => ("health", "check", Read),
             Op::HealthWaitHealthy { .. } => ("health", "wait-healthy", Read),
             // Asking a person changes nothing; the answer is audited.
@@ -502,9 +523,9 @@ impl Grants {
             Op::ObjList { bucket, prefix } | Op::ObjNewest { bucket, prefix } => {
                 self.object_location(what, bucket, prefix)
             }
-            Op::ObjHead { bucket, key } | Op::ObjVerify { bucket, key } => {
-                self.object_location(what, bucket, key)
-            }
+            Op::ObjHead { bucket, key }
+            | Op::ObjVerify { bucket, key }
+            | Op::ObjGet { bucket, key } => self.object_location(what, bucket, key),
             Op::HealthCheck { target } | Op::HealthWaitHealthy { target, .. } => {
                 let Some(targets) = &self.health else {
                     return Err(format!(

@@ -91,6 +91,9 @@ pub struct RawRunbook {
     /// Capability grants.
     #[serde(default)]
     pub grants: crate::policy::RawGrants,
+    /// Where the real backends are.
+    #[serde(default)]
+    pub backends: crate::backends::RawBackends,
 }
 
 /// `[plugin]`.
@@ -149,6 +152,8 @@ pub struct Runbook {
     pub budgets: BTreeMap<String, Duration>,
     /// Validated grants.
     pub grants: Grants,
+    /// Real backends configured (`[backends]`).
+    pub backends: crate::backends::Backends,
 }
 
 impl Runbook {
@@ -253,6 +258,8 @@ impl Runbook {
         }
         let grants = Grants::validate(raw.grants)
             .map_err(|(field, problem)| invalid(&format!("grants.{field}"), problem))?;
+        let backends = crate::backends::Backends::validate(raw.backends)
+            .map_err(|(field, problem)| invalid(&field, problem))?;
         Ok(Runbook {
             path: path.to_owned(),
             plugin,
@@ -262,6 +269,7 @@ impl Runbook {
             params,
             budgets,
             grants,
+            backends,
         })
     }
 }

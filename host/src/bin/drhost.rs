@@ -17,10 +17,12 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 
+use drhost::capability::Capabilities;
 use drhost::capability::operator::approver::PROMPT_ACTIVE;
 use drhost::capability::operator::{
     Approval, ApprovalRequest, Approver, AutoApprove, RefuseApprover, TtyApprover,
 };
+use drhost::capability::postgres::restore::Progress;
 use drhost::engine::{DrEngine, LoadSource};
 use drhost::fixture::{Fixture, check_expect};
 use drhost::gate::{CallRecord, CallStatus};
@@ -121,6 +123,70 @@ enum Command {
     /// Verify or show an audit log.
     #[command(subcommand, after_help = EXIT_HELP)]
     Audit(AuditCommand),
+    /// Run one capability operation by hand, through the runbook's grants, audit and real backends.
+    #[command(after_help = EXIT_HELP)]
+    Exec {
+        /// The runbook config: its [grants] decide, its [backends] do the work.
+        #[arg(long)]
+        config: PathBuf,
+        /// Perform a mutating operation without asking (audited).
+        #[arg(long, short = 'y')]
+        yes: bool,
+        /// Directory for the audit log.
+        #[arg(long, default_value = "drhost-audit")]
+        audit_dir: PathBuf,
+        /// Time limit for the operation.
+        #[arg(long, default_value = "1h")]
+        timeout: String,
+        #[command(subcommand)]
+        op: ExecCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum ExecCommand {
+    /// PostgreSQL operations.
+    #[command(subcommand)]
+    Postgres(PgCommand),
+    /// Object-store operations.
+    #[command(subcommand, name = "object-store")]
+    ObjectStore(ObjCommand),
+}
+
+#[derive(Subcommand)]
+enum PgCommand {
+    /// Restore DATABASE from the backup BUCKET/KEY (new database, verify, swap; the old one kept).
+    Restore {
+        database: String,
+        bucket: String,
+        key: String,
+    },
+    /// Integrity check: connectivity, amcheck where installed, the runbook's validations.
+    Check { database: String },
+    /// One read-only statement.
+    Query { database: String, sql: String },
+    /// Terminate the other sessions on DATABASE.
+    TerminateConnections { database: String },
+}
+
+#[derive(Subcommand)]
+enum ObjCommand {
+    /// Objects under PREFIX, oldest first.
+    List { bucket: String, prefix: String },
+    /// The newest object under PREFIX, with its age.
+    Newest { bucket: String, prefix: String },
+    /// Metadata of one object.
+    Head { bucket: String, key: String },
+    /// Check an object against its stored sha256.
+    Verify { bucket: String, key: String },
+    /// Download an object (parallel ranged GETs) to a file.
+    Get {
+        bucket: String,
+        key: String,
+        /// The file to write.
+        #[arg(long)]
+        out: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -246,11 +312,163 @@ async fn dispatch(cli: Cli) -> Result<i32, Failure> {
             println!("{report}");
             Ok(if report.is_ok() { 0 } else { 1 })
         }
+        Command::Exec {
+            config,
+            yes,
+            audit_dir,
+            timeout,
+            op,
+        } => exec(&config, yes, &audit_dir, &timeout, op).await,
         Command::Audit(AuditCommand::Show { file }) => {
             let records = drhost::audit::read_records(&file).map_err(bad_input)?;
             print!("{}", drhost::audit::render_timeline(&records));
             Ok(0)
         }
+    }
+}
+
+async fn exec(
+    config: &Path,
+    yes: bool,
+    audit_dir: &Path,
+    timeout: &str,
+    op: ExecCommand,
+) -> Result<i32, Failure> {
+    use drhost::exec::ExecOp;
+    let rb = Runbook::load(config).map_err(bad_input)?;
+    let timeout = humantime::parse_duration(timeout)
+        .map_err(|e| bad_input(anyhow::anyhow!("--timeout {timeout:?}: {e}")))?;
+    let op = match op {
+        ExecCommand::Postgres(PgCommand::Restore {
+            database,
+            bucket,
+            key,
+        }) => ExecOp::PgRestore {
+            database,
+            bucket,
+            key,
+        },
+        ExecCommand::Postgres(PgCommand::Check { database }) => ExecOp::PgCheck { database },
+        ExecCommand::Postgres(PgCommand::Query { database, sql }) => {
+            ExecOp::PgQuery { database, sql }
+        }
+        ExecCommand::Postgres(PgCommand::TerminateConnections { database }) => {
+            ExecOp::PgTerminate { database }
+        }
+        ExecCommand::ObjectStore(ObjCommand::List { bucket, prefix }) => {
+            ExecOp::ObjList { bucket, prefix }
+        }
+        ExecCommand::ObjectStore(ObjCommand::Newest { bucket, prefix }) => {
+            ExecOp::ObjNewest { bucket, prefix }
+        }
+        ExecCommand::ObjectStore(ObjCommand::Head { bucket, key }) => {
+            ExecOp::ObjHead { bucket, key }
+        }
+        ExecCommand::ObjectStore(ObjCommand::Verify { bucket, key }) => {
+            ExecOp::ObjVerify { bucket, key }
+        }
+        ExecCommand::ObjectStore(ObjCommand::Get { bucket, key, out }) => {
+            ExecOp::ObjGet { bucket, key, out }
+        }
+    };
+    if op.mutates() && !yes {
+        let asked = TtyApprover::if_terminal().is_some();
+        let confirmed = asked && {
+            eprint!("{:?} changes the system. Proceed? [y/N] ", op);
+            let _ = std::io::stderr().flush();
+            let mut line = String::new();
+            std::io::stdin().read_line(&mut line).is_ok()
+                && matches!(line.trim(), "y" | "Y" | "yes")
+        };
+        if !confirmed {
+            return Err(bad_input(anyhow::anyhow!(
+                "{op:?} changes the system: confirm at the prompt or pass --yes"
+            )));
+        }
+    }
+    let progress = Progress::default();
+    let ticker = ProgressTicker::start(progress.clone());
+    let outcome = drhost::exec::exec(&rb, &op, audit_dir, timeout, progress)
+        .await
+        .map_err(|e| match e {
+            drhost::exec::ExecError::Config(..) => bad_input(e),
+            other => host_failure(other),
+        })?;
+    drop(ticker);
+    eprintln!("audit log: {}", outcome.audit.display());
+    match outcome.result {
+        Ok(value) => {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&value).map_err(host_failure)?
+            );
+            Ok(0)
+        }
+        Err(e) => {
+            eprintln!(
+                "drhost: {} failed: {}: {}",
+                op.op().class().operation,
+                e.kind(),
+                e.message()
+            );
+            Ok(1)
+        }
+    }
+}
+
+/// Shows a restore's progress on stderr while it runs: a line that
+/// rewrites itself on a terminal, a line every 10 s otherwise.
+struct ProgressTicker(tokio::task::JoinHandle<()>);
+
+impl ProgressTicker {
+    fn start(progress: Progress) -> ProgressTicker {
+        let tty = std::io::stderr().is_terminal();
+        ProgressTicker(tokio::spawn(async move {
+            let every = Duration::from_secs(if tty { 1 } else { 10 });
+            let started = Instant::now();
+            let mut last = (0u64, Instant::now());
+            loop {
+                tokio::time::sleep(every).await;
+                let s = progress.snapshot();
+                if s.phase.is_empty() || s.phase == "done" {
+                    continue;
+                }
+                let mib = |b: u64| b as f64 / 1048576.0;
+                let rate = mib(s.read_bytes.saturating_sub(last.0))
+                    / last.1.elapsed().as_secs_f64().max(0.001);
+                last = (s.read_bytes, Instant::now());
+                let total = if s.total_bytes > 0 {
+                    format!(
+                        " of {:.0} MiB ({:.0}%)",
+                        mib(s.total_bytes),
+                        100.0 * s.read_bytes as f64 / s.total_bytes as f64
+                    )
+                } else {
+                    String::new()
+                };
+                let line = format!(
+                    "restore {:>5.0}s  {}  read {:.0} MiB{total} at {rate:.0} MiB/s, loaded {:.0} MiB",
+                    started.elapsed().as_secs_f64(),
+                    s.phase,
+                    mib(s.read_bytes),
+                    mib(s.loaded_bytes)
+                );
+                if PROMPT_ACTIVE.load(Ordering::Relaxed) {
+                    continue;
+                }
+                if tty {
+                    eprint!("\r\x1b[2K{line}");
+                } else {
+                    eprintln!("{line}");
+                }
+            }
+        }))
+    }
+}
+
+impl Drop for ProgressTicker {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 
@@ -303,14 +521,43 @@ async fn execute(
     } else {
         Box::new(RefuseApprover)
     };
+    let run_id = runner::new_run_id();
+    let progress = Progress::default();
     let caps = match fixture {
-        Some(f) => f.env.capabilities(f.approver(fallback)),
+        Some(f) => {
+            let mut caps = f.env.capabilities(f.approver(fallback));
+            if !f.live.is_empty() {
+                caps.use_live(&f.live, &rb.backends, &run_id, progress.clone(), true)
+                    .map_err(|e| bad_input(anyhow::anyhow!("{}: {e}", rb.path.display())))?;
+                eprintln!(
+                    "live backends from {}: {}",
+                    rb.path.display(),
+                    f.live.join(", ")
+                );
+            }
+            caps
+        }
         None => {
-            return Err(bad_input(anyhow::anyhow!(
-                "this drhost has mock backends only: run with --mock FIXTURE.toml (real Kubernetes, PostgreSQL, S3 and HTTP backends are not built yet)"
-            )));
+            let missing: Vec<&str> = plugin
+                .contract_imports
+                .iter()
+                .map(String::as_str)
+                .filter(|i| matches!(*i, "k8s" | "health"))
+                .collect();
+            if !missing.is_empty() {
+                return Err(bad_input(anyhow::anyhow!(
+                    "{} imports {}, for which this drhost has no real backend yet (PostgreSQL and S3 are real): \
+                     run it with --mock FIXTURE.toml, where the fixture may set `live = [\"postgres\", \"object-store\"]` \
+                     to use this runbook's real PostgreSQL and S3",
+                    plugin.path.display(),
+                    missing.join(" and ")
+                )));
+            }
+            Capabilities::live(&rb.backends, &run_id, Arc::from(fallback), progress.clone())
+                .map_err(|e| bad_input(anyhow::anyhow!("{}: {e}", rb.path.display())))?
         }
     };
+    let _ticker = ProgressTicker::start(progress);
     if let Some(f) = fixture {
         eprintln!(
             "simulated environment: {} ({})",
@@ -322,7 +569,7 @@ async fn execute(
     let options = RunOptions {
         audit_dir: audit_dir.to_owned(),
         dry_run,
-        run_id: None,
+        run_id: Some(run_id),
     };
     runner::run(engine, plugin, rb, caps, options, observer)
         .await

@@ -59,6 +59,102 @@ impl Capabilities {
     }
 }
 
+/// Why a real backend cannot be built from the runbook.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct LiveError(pub String);
+
+impl Capabilities {
+    /// Real backends from the runbook's `[backends]` for `run_id`;
+    /// interfaces without one answer `unavailable` naming what to configure.
+    /// `progress` receives the restore's progress.
+    ///
+    /// # Errors
+    /// An object store that cannot be set up (missing credentials).
+    pub fn live(
+        backends: &crate::backends::Backends,
+        run_id: &str,
+        approver: Arc<dyn operator::Approver>,
+        progress: postgres::restore::Progress,
+    ) -> Result<Capabilities, LiveError> {
+        let mut caps = Capabilities::unavailable(
+            "this drhost has no real backend for it yet (use --mock, or a fixture with `live = [...]`)",
+            approver,
+        );
+        caps.use_live(
+            &["postgres".to_owned(), "object-store".to_owned()],
+            backends,
+            run_id,
+            progress,
+            false,
+        )?;
+        Ok(caps)
+    }
+
+    /// Replaces the backends of `names` (`postgres`, `object-store`) with
+    /// the runbook's real ones. With `required`, a name the runbook does not
+    /// configure is an error; otherwise it answers `unavailable`.
+    ///
+    /// # Errors
+    /// See above.
+    pub fn use_live(
+        &mut self,
+        names: &[String],
+        backends: &crate::backends::Backends,
+        run_id: &str,
+        progress: postgres::restore::Progress,
+        required: bool,
+    ) -> Result<(), LiveError> {
+        let store = match &backends.object_store {
+            Some(cfg) => Some(Arc::new(
+                object_store::live::LiveObjectStore::new(cfg.clone())
+                    .map_err(|e| LiveError(format!("[backends.object_store]: {e}")))?,
+            )),
+            None => None,
+        };
+        for name in names {
+            match name.as_str() {
+                "object-store" => match &store {
+                    Some(s) => self.object_store = s.clone(),
+                    None if required => {
+                        return Err(LiveError(
+                            "object-store is to be live but the runbook has no [backends.object_store]".into(),
+                        ));
+                    }
+                    None => {
+                        self.object_store = Arc::new(Unavailable(
+                            "not configured: add [backends.object_store] to the runbook".into(),
+                        ));
+                    }
+                },
+                "postgres" => match &backends.postgres {
+                    Some(settings) => {
+                        self.postgres = Arc::new(postgres::live::LivePostgres::new(
+                            settings.clone(),
+                            store.clone(),
+                            run_id,
+                            progress.clone(),
+                        ));
+                    }
+                    None if required => {
+                        return Err(LiveError(
+                            "postgres is to be live but the runbook has no [backends.postgres]"
+                                .into(),
+                        ));
+                    }
+                    None => {
+                        self.postgres = Arc::new(Unavailable(
+                            "not configured: add [backends.postgres] to the runbook".into(),
+                        ));
+                    }
+                },
+                other => return Err(LiveError(format!("{other:?} has no real backend"))),
+            }
+        }
+        Ok(())
+    }
+}
+
 /// A backend that is not configured: every call is `unavailable` with the
 /// reason (never a silent success).
 pub struct Unavailable(pub String);

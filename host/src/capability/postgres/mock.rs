@@ -192,6 +192,7 @@ impl PostgresBackend for MockPostgres {
             tables: db.tables.len() as u32,
             kept_as: Some(format!("{database}_before_restore")),
             duration_ms: started.elapsed().as_millis() as u64,
+            phases: Vec::new(),
         })
     }
 

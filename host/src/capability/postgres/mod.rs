@@ -3,6 +3,7 @@
 
 pub mod archive;
 pub mod checks;
+pub mod live;
 pub mod mock;
 pub mod plain;
 pub mod restore;
@@ -70,6 +71,7 @@ impl Host for PluginCtx {
                 tables: 0,
                 kept_as: None,
                 duration_ms: 0,
+                phases: Vec::new(),
             })
         };
         self.call(op, b.restore(&database, &bucket, &key), Some(Box::pin(dry)))

@@ -1,0 +1,129 @@
+//! The real PostgreSQL backend: restores stream from the object store
+//! straight into [`super::restore::restore`]; checks, queries and
+//! terminations go to the server configured in `[backends.postgres]`.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use async_trait::async_trait;
+
+use super::PostgresBackend;
+use super::checks::{self, QueryLimits};
+use super::restore::{Progress, RestoreError, RestoreOptions, restore};
+use crate::backends::PostgresSettings;
+use crate::bindings::CapError;
+use crate::bindings::postgres::{IntegrityReport, PhaseTiming, RestoreReport};
+use crate::capability::object_store::live::{LiveObjectStore, cap_error};
+
+/// PostgreSQL as the `postgres` capability.
+pub struct LivePostgres {
+    settings: PostgresSettings,
+    store: Option<Arc<LiveObjectStore>>,
+    run_id: String,
+    progress: Progress,
+}
+
+impl LivePostgres {
+    /// A backend for one run (`run_id` names the new and the kept
+    /// databases). `store` is where backups are read from; without one,
+    /// restores are `unavailable`.
+    pub fn new(
+        settings: PostgresSettings,
+        store: Option<Arc<LiveObjectStore>>,
+        run_id: &str,
+        progress: Progress,
+    ) -> Self {
+        LivePostgres {
+            settings,
+            store,
+            run_id: run_id.to_owned(),
+            progress,
+        }
+    }
+}
+
+/// A restore failure as the WIT `cap-error`.
+pub fn restore_error(e: RestoreError) -> CapError {
+    let m = e.to_string();
+    match e {
+        RestoreError::Busy(_) => CapError::Conflict(m),
+        RestoreError::BadName(..) => CapError::Invalid(m),
+        _ if e.is_unavailable() => CapError::Unavailable(m),
+        RestoreError::Source(_) | RestoreError::Unsupported(_) => CapError::Invalid(m),
+        _ => CapError::Failed(m),
+    }
+}
+
+#[async_trait]
+impl PostgresBackend for LivePostgres {
+    async fn restore(
+        &self,
+        database: &str,
+        bucket: &str,
+        key: &str,
+    ) -> Result<RestoreReport, CapError> {
+        let Some(store) = &self.store else {
+            return Err(CapError::Unavailable(
+                "postgres.restore reads the backup from the object store, which this runbook does not configure ([backends.object_store])".into(),
+            ));
+        };
+        let started = Instant::now();
+        let meta = store.store().head(bucket, key).await.map_err(cap_error)?;
+        self.progress.set_total(meta.size);
+        let reader = store
+            .store()
+            .open_stream(&meta)
+            .into_blocking_reader(tokio::runtime::Handle::current());
+        let mut options =
+            RestoreOptions::new(self.settings.admin.clone(), database, self.run_id.clone());
+        options.jobs = self.settings.jobs;
+        options.keep_previous = self.settings.keep_previous;
+        options.no_owner = self.settings.no_owner;
+        options.validations = self.settings.validations_for(database);
+        options.progress = self.progress.clone();
+        let outcome = restore(&options, reader).await.map_err(restore_error)?;
+        tracing::info!(
+            "restored {database} from {bucket}/{key}: {} format, {} tables, {} rows, {} bytes read, {} jobs, phases {:?}",
+            outcome.format,
+            outcome.tables,
+            outcome.rows,
+            outcome.read_bytes,
+            outcome.jobs,
+            outcome.phases
+        );
+        Ok(RestoreReport {
+            database: outcome.database,
+            source: format!("{bucket}/{key}"),
+            bytes: outcome.read_bytes,
+            tables: outcome.tables,
+            kept_as: outcome.kept_as,
+            duration_ms: started.elapsed().as_millis() as u64,
+            phases: outcome
+                .phases
+                .iter()
+                .map(|(name, d)| PhaseTiming {
+                    name: (*name).to_owned(),
+                    duration_ms: d.as_millis() as u64,
+                })
+                .collect(),
+        })
+    }
+
+    async fn integrity_check(&self, database: &str) -> Result<IntegrityReport, CapError> {
+        checks::integrity_check(
+            &self.settings.admin,
+            database,
+            &self.settings.validations_for(database),
+            QueryLimits::default(),
+        )
+        .await
+    }
+
+    async fn query(&self, database: &str, sql: &str) -> Result<Vec<Vec<String>>, CapError> {
+        checks::query_read_only(&self.settings.admin, database, sql, QueryLimits::default()).await
+    }
+
+    async fn terminate_connections(&self, database: &str) -> Result<u32, CapError> {
+        checks::terminate_connections(&self.settings.admin, database).await
+    }
+}
