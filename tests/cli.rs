@@ -7,23 +7,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use drhost_tests::{plugin, repo_root};
-
-fn drhost_bin() -> PathBuf {
-    // target/<profile>/deps/cli-<hash> -> target/<profile>/drhost
-    let exe = std::env::current_exe().expect("current exe");
-    let bin = exe
-        .parent()
-        .and_then(Path::parent)
-        .map(|d| d.join("drhost"))
-        .expect("target dir");
-    assert!(
-        bin.is_file(),
-        "{} is missing: run the tests with `cargo test --workspace`, which builds the drhost binary",
-        bin.display()
-    );
-    bin
-}
+use drhost_tests::{drhost_bin, plugin, repo_root};
 
 fn drhost(args: &[&str], dir: &Path) -> Output {
     Command::new(drhost_bin())

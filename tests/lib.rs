@@ -18,6 +18,26 @@ pub mod s3_server;
 
 include!(concat!(env!("OUT_DIR"), "/plugins.rs"));
 
+/// The `drhost` binary of the profile the tests were built with
+/// (`target/<profile>/drhost`, next to the test executables' `deps/`).
+///
+/// # Panics
+/// When it is missing: `cargo test --workspace` builds it.
+pub fn drhost_bin() -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    let bin = exe
+        .parent()
+        .and_then(std::path::Path::parent)
+        .map(|d| d.join("drhost"))
+        .expect("target dir");
+    assert!(
+        bin.is_file(),
+        "{} is missing: run the tests with `cargo test --workspace`, which builds the drhost binary",
+        bin.display()
+    );
+    bin
+}
+
 /// The absolute path of the component built from the guest package `name`
 /// (e.g. `"database-corruption"`, `"misbehave"`, `"fs-access"`,
 /// `"wrong-wit"`; underscores are accepted for hyphens).

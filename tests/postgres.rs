@@ -309,7 +309,7 @@ DO $do$
 DECLARE r record; c bigint; h text; lv bigint; called bool;
 BEGIN
   FOR r IN SELECT format('%I.%I', schemaname, tablename) AS t FROM pg_tables
-           WHERE schemaname NOT IN ('pg_catalog', 'information_schema') LOOP
+           WHERE schemaname NOT IN ('pg_catalog', 'information_schema') AND schemaname NOT LIKE 'pg_temp%' LOOP
     EXECUTE format($q$SELECT count(*), md5(coalesce(string_agg(x::text, E'\n' ORDER BY x::text), '')) FROM %s x$q$, r.t) INTO c, h;
     INSERT INTO sums VALUES (r.t, c, h);
   END LOOP;
@@ -725,5 +725,218 @@ mod checks {
         assert!(n >= 1, "the sleeping session was not seen");
         let status = sleeper.wait().expect("psql exits");
         assert!(!status.success(), "the terminated psql must fail");
+    }
+}
+
+mod scenario {
+    //! The database-corruption plugin end to end against the real server
+    //! and a real S3 server (s3s-fs, SigV4), Kubernetes, health and the
+    //! status page simulated: `drhost test` with a fixture that sets
+    //! `live = ["postgres", "object-store"]`.
+    //!
+    //! The corruption is real as far as amcheck can tell: an index built
+    //! with an operator class whose comparison reads a setting, and the
+    //! setting flipped on the damaged database, so the stored order breaks
+    //! the B-tree invariant and `bt_index_check` reports it.
+
+    use super::*;
+    use drhost_tests::s3_server::S3Server;
+
+    const BROKEN_ORDER: &str = r#"
+CREATE EXTENSION IF NOT EXISTS amcheck;
+CREATE FUNCTION flip_cmp(int4, int4) RETURNS int4 LANGUAGE sql IMMUTABLE AS $$
+  SELECT CASE WHEN current_setting('drhost.flip', true) = 'on' THEN btint4cmp($2, $1) ELSE btint4cmp($1, $2) END
+$$;
+CREATE OPERATOR CLASS flip_ops FOR TYPE int4 USING btree AS
+  OPERATOR 1 <, OPERATOR 2 <=, OPERATOR 3 =, OPERATOR 4 >=, OPERATOR 5 >, FUNCTION 1 flip_cmp(int4, int4);
+CREATE TABLE candidates (id int4 NOT NULL, name text);
+INSERT INTO candidates SELECT g, 'candidate ' || g FROM generate_series(1, 5000) g;
+CREATE INDEX candidates_id_flip ON candidates (id flip_ops);
+"#;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn database_corruption_recovers_a_real_database_from_a_real_bucket() {
+        let pid = std::process::id();
+        let source = Db(format!("drhost_sc_src_{pid}"));
+        psql("postgres", &format!("CREATE DATABASE \"{}\"", source.0));
+        psql(&source.0, SCHEMA);
+        psql(&source.0, BROKEN_ORDER);
+        let dir = tempfile::tempdir().expect("tempdir");
+        let backup = dump(&source.0, dir.path(), "backup.dump", &[]);
+        let gz = {
+            use std::io::Write;
+            let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+            e.write_all(&backup).expect("gzip");
+            e.finish().expect("gzip")
+        };
+
+        // The damaged database: the same content, the comparison flipped.
+        let target = Db(format!("drhost_sc_{pid}"));
+        psql("postgres", &format!("CREATE DATABASE \"{}\"", target.0));
+        run(
+            "pg_restore",
+            &[
+                "--no-owner",
+                "-d",
+                &target.0,
+                dir.path().join("backup.dump").to_str().expect("utf-8"),
+            ],
+        );
+        psql(
+            "postgres",
+            &format!("ALTER DATABASE \"{}\" SET drhost.flip = 'on'", target.0),
+        );
+        let check = pg_env(&mut Command::new("psql"))
+            .args(["-X", "-q", "-d", &target.0, "-c"])
+            .arg("SELECT bt_index_check('candidates_id_flip'::regclass)")
+            .output()
+            .expect("psql");
+        assert!(
+            !check.status.success(),
+            "amcheck should find the damaged index: {}",
+            String::from_utf8_lossy(&check.stdout)
+        );
+
+        let s3 = S3Server::start().await.expect("start the S3 server");
+        s3.create_bucket("resume-screening-backups")
+            .await
+            .expect("bucket");
+        s3.put_object(
+            "resume-screening-backups",
+            "postgres/backup_latest.dump.gz",
+            gz,
+        )
+        .await
+        .expect("upload the backup");
+
+        let runbook_text = std::fs::read_to_string(
+            drhost_tests::repo_root().join("runbooks/database-corruption.toml"),
+        )
+        .expect("runbook")
+        .replace(
+            "../plugins/target/wasm32-wasip2/release/database_corruption.wasm",
+            drhost_tests::plugin("database-corruption")
+                .to_str()
+                .expect("utf-8"),
+        )
+        .replace("\"resume_screening\"", &format!("\"{}\"", target.0));
+        let host = std::env::var("PGHOST").unwrap_or_else(|_| "127.0.0.1".into());
+        let user = std::env::var("PGUSER").unwrap_or_else(|_| "postgres".into());
+        let runbook = dir.path().join("runbook.toml");
+        std::fs::write(
+            &runbook,
+            format!(
+                "{runbook_text}\n[backends.postgres]\nhost = \"{host}\"\nuser = \"{user}\"\njobs = 2\n\n\
+                 [[backends.postgres.validations]]\nname = \"candidates present\"\nsql = \"SELECT count(*) FROM candidates\"\n\n\
+                 [backends.object_store]\nendpoint = \"{}\"\npath_style = true\n",
+                s3.endpoint
+            ),
+        )
+        .expect("write runbook");
+        let fixture_text = std::fs::read_to_string(
+            drhost_tests::repo_root().join("runbooks/fixtures/database-corruption/happy-path.toml"),
+        )
+        .expect("fixture");
+        // Keep the simulated Kubernetes, health and notify; PostgreSQL and
+        // the bucket are real.
+        let k8s_to_health: String = fixture_text
+            .split("[[object_store.objects]]")
+            .next()
+            .expect("fixture head")
+            .lines()
+            .filter(|l| !l.starts_with("runbook ="))
+            .collect::<Vec<_>>()
+            .join("\n");
+        let fixture = dir.path().join("live.toml");
+        std::fs::write(
+            &fixture,
+            format!(
+                "live = [\"postgres\", \"object-store\"]\n{k8s_to_health}\n\n\
+                 [[health.targets]]\nname = \"backend-api\"\nstatuses = [503, 200]\n\n\
+                 [notify]\nchannels = [\"status-page\"]\n\n\
+                 [expect]\noutcome = \"completed\"\ncalls = [\n\
+                 \"postgres.integrity-check => ok\",\n\
+                 \"postgres.restore key=postgres/backup_latest.dump.gz => ok\",\n\
+                 \"postgres.integrity-check => ok\",\n]\n\
+                 not_calls = [\"operator.confirm\"]\n"
+            ),
+        )
+        .expect("write fixture");
+
+        let audit = dir.path().join("audit");
+        let mut cmd = Command::new(drhost_tests::drhost_bin());
+        cmd.args(["test"])
+            .arg(drhost_tests::plugin("database-corruption"))
+            .arg("--fixture")
+            .arg(&fixture)
+            .arg("--runbook")
+            .arg(&runbook)
+            .arg("--audit-dir")
+            .arg(&audit)
+            .env("DRHOST_CACHE_DIR", dir.path().join("cache"))
+            .stdin(std::process::Stdio::null());
+        for (k, v) in s3.env() {
+            cmd.env(k, v);
+        }
+        let out = pg_env(&mut cmd).output().expect("run drhost");
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(out.status.success(), "drhost test failed:\n{text}");
+        assert!(
+            text.contains("corrupt"),
+            "the corruption was not reported:\n{text}"
+        );
+
+        // The damaged database is kept for forensics; the restored one is
+        // intact (amcheck passes without the flipped setting) and complete.
+        let kept: Vec<String> = String::from_utf8_lossy(&psql(
+            "postgres",
+            &format!(
+                "COPY (SELECT datname FROM pg_database WHERE datname LIKE '{}_before_%') TO STDOUT",
+                target.0
+            ),
+        ))
+        .lines()
+        .map(str::to_owned)
+        .collect();
+        assert_eq!(kept.len(), 1, "{kept:?}");
+        let _kept = Db(kept[0].clone());
+        assert_eq!(
+            String::from_utf8_lossy(&psql(
+                &target.0,
+                "COPY (SELECT count(*) FROM candidates) TO STDOUT"
+            )),
+            "5000\n"
+        );
+        // Fails (and panics with the server's message) if amcheck does.
+        psql(
+            &target.0,
+            "SELECT bt_index_check('candidates_id_flip'::regclass)",
+        );
+        // The audit log verifies and records the restore's phases.
+        let log = std::fs::read_dir(&audit)
+            .expect("audit dir")
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .find(|p| p.to_string_lossy().ends_with(".audit.jsonl"))
+            .expect("an audit log");
+        let records = std::fs::read_to_string(&log).expect("audit log");
+        assert!(
+            records.contains("\"phases\""),
+            "no phase timings in the audit"
+        );
+        let verify = Command::new(drhost_tests::drhost_bin())
+            .args(["audit", "verify"])
+            .arg(&log)
+            .output()
+            .expect("audit verify");
+        assert!(
+            verify.status.success(),
+            "{}",
+            String::from_utf8_lossy(&verify.stdout)
+        );
     }
 }

@@ -565,6 +565,7 @@ async fn load_and_verify<R: Read + Send + 'static>(
         tables: 0,
         rows: 0,
         no_owner: options.no_owner,
+        data_sizes: HashMap::new(),
     };
     let format = match rx.recv().await {
         Some(Msg::Custom(toc)) => {
@@ -630,6 +631,9 @@ struct Loader {
     tables: u32,
     rows: u64,
     no_owner: bool,
+    /// COPY bytes per TABLE DATA entry: post-data runs the work on the
+    /// biggest tables first (longest job first keeps the tail short).
+    data_sizes: HashMap<i32, u64>,
 }
 
 fn toc_object(e: &TocEntry) -> String {
@@ -781,6 +785,9 @@ impl Loader {
                     }
                     Msg::Data(data) if in_copy => {
                         if let Some(t) = &current {
+                            if let Some(id) = t.dump_id {
+                                *self.data_sizes.entry(id).or_default() += data.len() as u64;
+                            }
                             pool.send(Piece {
                                 target: t.clone(),
                                 data,
@@ -842,6 +849,14 @@ impl Loader {
                 .map(|d| d.dump_id)
                 .collect()
         };
+        // Bytes loaded per TABLE (through its TABLE DATA entry).
+        let mut table_bytes: HashMap<i32, u64> = HashMap::new();
+        for e in toc.iter().filter(|e| e.desc == "TABLE DATA") {
+            let bytes = self.data_sizes.get(&e.dump_id).copied().unwrap_or(0);
+            for d in &e.dependencies {
+                *table_bytes.entry(*d).or_default() += bytes;
+            }
+        }
         let jobs: Vec<PostJob> = post
             .iter()
             .map(|e| {
@@ -856,7 +871,12 @@ impl Loader {
                 }
                 locks.sort_unstable();
                 locks.dedup();
+                let weight = locks
+                    .iter()
+                    .map(|t| table_bytes.get(t).copied().unwrap_or(0))
+                    .sum();
                 PostJob {
+                    weight,
                     sql: Arc::from(e.defn.as_str()),
                     object: toc_object(e),
                     deps,
@@ -872,11 +892,13 @@ impl Loader {
         let mut done = 0;
         while done < jobs.len() {
             while !free.is_empty() {
-                let ready = (0..jobs.len()).find(|&j| {
-                    state[j] == JobState::Waiting
-                        && jobs[j].deps.iter().all(|&d| state[d] == JobState::Done)
-                        && jobs[j].locks.iter().all(|t| !held.contains(t))
-                });
+                let ready = (0..jobs.len())
+                    .filter(|&j| {
+                        state[j] == JobState::Waiting
+                            && jobs[j].deps.iter().all(|&d| state[d] == JobState::Done)
+                            && jobs[j].locks.iter().all(|t| !held.contains(t))
+                    })
+                    .max_by_key(|&j| (jobs[j].weight, std::cmp::Reverse(j)));
                 let Some(j) = ready else { break };
                 let Some(client) = free.pop() else { break };
                 state[j] = JobState::Running;
@@ -1005,6 +1027,8 @@ enum JobState {
 }
 
 struct PostJob {
+    /// Bytes of the tables it works on.
+    weight: u64,
     sql: Arc<str>,
     object: String,
     deps: Vec<usize>,

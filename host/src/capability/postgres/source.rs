@@ -46,6 +46,8 @@ pub struct CopyTarget {
     pub stmt: String,
     /// For messages: `TABLE DATA public.candidates`.
     pub object: String,
+    /// The TOC entry (custom archives).
+    pub dump_id: Option<i32>,
 }
 
 /// What the reading thread sends, in backup order.
@@ -194,6 +196,7 @@ fn custom(reader: impl Read, send: &dyn Fn(Msg) -> bool, fail: &dyn Fn(SourceErr
                 Arc::new(CopyTarget {
                     stmt: stmt.trim_end().to_owned(),
                     object: object(e),
+                    dump_id: Some(e.dump_id),
                 }),
             ))
         })
@@ -287,7 +290,11 @@ fn plain(reader: impl BufRead, send: &dyn Fn(Msg) -> bool, fail: &dyn Fn(SourceE
                     "COPY at line {copy_line} ({})",
                     stmt.split(" FROM ").next().unwrap_or(&stmt)
                 );
-                send(Msg::CopyStart(Arc::new(CopyTarget { stmt, object })))
+                send(Msg::CopyStart(Arc::new(CopyTarget {
+                    stmt,
+                    object,
+                    dump_id: None,
+                })))
             }
             PlainItem::CopyData(data) => {
                 // Coalesce the splitter's small chunks into pieces.
