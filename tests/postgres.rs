@@ -493,6 +493,97 @@ COPY (SELECT * FROM sums ORDER BY obj) TO STDOUT;
         );
     }
 
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_restore_streaming_from_s3_resumes_dropped_connections_and_fails_cleanly_when_s3_is_gone()
+     {
+        use drhost::capability::object_store::s3::{S3Config, S3Store};
+        use drhost_tests::s3_server::{Fault, FlakyProxy, S3Server};
+
+        let pid = std::process::id();
+        let source = Db(format!("drhost_rx_src_{pid}"));
+        psql("postgres", &format!("CREATE DATABASE \"{}\"", source.0));
+        psql(&source.0, SCHEMA);
+        psql(&source.0, TORTURE);
+        let dir = tempfile::tempdir().expect("tempdir");
+        let bytes = dump(&source.0, dir.path(), "src.dump", &[]);
+        let size = bytes.len() as u64;
+        assert!(size > 1 << 20, "the dump should span several ranges: {size}");
+        let s3 = S3Server::start().await.expect("S3 server");
+        s3.create_bucket("backups").await.expect("bucket");
+        s3.put_object("backups", "db.dump", bytes).await.expect("upload");
+        let store_via = |endpoint: &str, retries: u32| {
+            S3Store::new(S3Config {
+                endpoint: Some(endpoint.to_owned()),
+                region: Some(s3.region.clone()),
+                path_style: true,
+                access_key_id: Some(s3.access_key.clone()),
+                secret_access_key: Some(s3.secret_key.clone()),
+                range_size: 256 * 1024,
+                max_in_flight: 3,
+                max_retries: retries,
+                ..Default::default()
+            })
+            .expect("S3 config")
+        };
+
+        // Three connections cut mid-body: the ranges resume, the restore
+        // completes and equals the source.
+        let proxy = FlakyProxy::start(
+            s3.addr,
+            Fault::DropAfterBytes {
+                bytes: 100 * 1024,
+                times: 3,
+            },
+        )
+        .await
+        .expect("proxy");
+        let store = store_via(&proxy.endpoint, 5);
+        let meta = store.head("backups", "db.dump").await.expect("head");
+        let target = Db(format!("drhost_rx_tgt_{pid}"));
+        let reader = store
+            .open_stream(&meta)
+            .into_blocking_reader(tokio::runtime::Handle::current());
+        let outcome = restore(&options(&target.0, "rx"), reader)
+            .await
+            .expect("restore through a flaky connection");
+        assert_eq!(outcome.read_bytes, size);
+        assert_eq!(outcome.rows, ROWS);
+        assert!(proxy.faults_injected() >= 1, "no connection was cut");
+        assert_eq!(content(&target.0), content(&source.0));
+
+        // S3 goes away for good mid-stream: the restore fails naming S3,
+        // the database it would have replaced is intact, nothing is left.
+        psql(
+            &target.0,
+            "CREATE TABLE precious (x int); INSERT INTO precious VALUES (7);",
+        );
+        let proxy = FlakyProxy::start(
+            s3.addr,
+            Fault::DropAfterBytes {
+                bytes: 100 * 1024,
+                times: 1_000_000,
+            },
+        )
+        .await
+        .expect("proxy");
+        let store = store_via(&proxy.endpoint, 1);
+        let reader = store
+            .open_stream(&meta)
+            .into_blocking_reader(tokio::runtime::Handle::current());
+        let err = restore(&options(&target.0, "ry"), reader)
+            .await
+            .expect_err("S3 is gone");
+        assert!(matches!(err, RestoreError::Source(_)), "{err}");
+        assert!(err.to_string().contains("S3"), "{err}");
+        assert_eq!(
+            String::from_utf8_lossy(&psql(&target.0, "COPY precious TO STDOUT")),
+            "7\n"
+        );
+        let left = no_database_like(&format!("{}_restore_ry", target.0)).await;
+        assert!(left.is_empty(), "partial database left behind: {left:?}");
+        let _kept = Db(format!("{}_before_rx", target.0));
+    }
+
     /// A stalled download: nothing for 5 s (longer than the restore is
     /// given), then an error. (Not forever: the test's runtime waits for
     /// the reading thread when it shuts down.)
