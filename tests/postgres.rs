@@ -507,10 +507,15 @@ COPY (SELECT * FROM sums ORDER BY obj) TO STDOUT;
         let dir = tempfile::tempdir().expect("tempdir");
         let bytes = dump(&source.0, dir.path(), "src.dump", &[]);
         let size = bytes.len() as u64;
-        assert!(size > 1 << 20, "the dump should span several ranges: {size}");
+        assert!(
+            size > 1 << 20,
+            "the dump should span several ranges: {size}"
+        );
         let s3 = S3Server::start().await.expect("S3 server");
         s3.create_bucket("backups").await.expect("bucket");
-        s3.put_object("backups", "db.dump", bytes).await.expect("upload");
+        s3.put_object("backups", "db.dump", bytes)
+            .await
+            .expect("upload");
         let store_via = |endpoint: &str, retries: u32| {
             S3Store::new(S3Config {
                 endpoint: Some(endpoint.to_owned()),
@@ -1029,5 +1034,230 @@ CREATE INDEX candidates_id_flip ON candidates (id flip_ops);
             "{}",
             String::from_utf8_lossy(&verify.stdout)
         );
+    }
+}
+
+mod server_killed {
+    //! A PostgreSQL server killed (`pg_ctl stop -m immediate`) in the middle
+    //! of a restore's data phase, on a throwaway cluster (initdb on a free
+    //! port in a temp dir, as the `postgres` user when run as root): the
+    //! restore fails saying the server is gone and naming the partial
+    //! database to drop, and after the server restarts the original
+    //! database is intact.
+
+    use std::path::PathBuf;
+    use std::time::Duration;
+
+    use super::*;
+    use drhost::capability::postgres::restore::{RestoreError, RestoreOptions, restore};
+
+    struct Cluster {
+        dir: tempfile::TempDir,
+        bin: PathBuf,
+        port: u16,
+        as_postgres: bool,
+    }
+
+    impl Cluster {
+        fn ctl(&self, args: &[&str]) -> std::process::Output {
+            let pg_ctl = self.bin.join("pg_ctl");
+            let mut cmd = if self.as_postgres {
+                let mut c = Command::new("runuser");
+                c.args(["-u", "postgres", "--"]).arg(&pg_ctl);
+                c
+            } else {
+                Command::new(&pg_ctl)
+            };
+            cmd.arg("-D")
+                .arg(self.dir.path().join("data"))
+                .args(args)
+                .output()
+                .expect("pg_ctl")
+        }
+
+        fn start(&self) {
+            let opts = format!(
+                "-p {} -c listen_addresses=127.0.0.1 -c unix_socket_directories='{}' -c fsync=off",
+                self.port,
+                self.dir.path().display()
+            );
+            let log = self.dir.path().join("log");
+            let out = self.ctl(&[
+                "-w",
+                "-o",
+                &opts,
+                "-l",
+                log.to_str().expect("utf-8"),
+                "start",
+            ]);
+            assert!(
+                out.status.success(),
+                "cannot start the throwaway cluster: {}{}",
+                String::from_utf8_lossy(&out.stderr),
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+        }
+
+        fn kill(&self) {
+            let out = self.ctl(&["-m", "immediate", "stop"]);
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+
+        fn psql(&self, db: &str, sql: &str) -> Vec<u8> {
+            let out = Command::new("psql")
+                .args([
+                    "-X",
+                    "-q",
+                    "-v",
+                    "ON_ERROR_STOP=1",
+                    "-h",
+                    "127.0.0.1",
+                    "-U",
+                    "postgres",
+                ])
+                .args(["-p", &self.port.to_string(), "-d", db, "-c", sql])
+                .output()
+                .expect("psql");
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            out.stdout
+        }
+
+        fn config(&self) -> Config {
+            let mut c = Config::new();
+            c.host("127.0.0.1")
+                .port(self.port)
+                .user("postgres")
+                .dbname("postgres");
+            c
+        }
+    }
+
+    impl Drop for Cluster {
+        fn drop(&mut self) {
+            let _ = self.ctl(&["-m", "immediate", "stop"]);
+        }
+    }
+
+    fn throwaway_cluster() -> Cluster {
+        let bin = PathBuf::from(
+            String::from_utf8(run("pg_config", &["--bindir"]))
+                .expect("utf-8")
+                .trim(),
+        );
+        let root = Command::new("id").arg("-u").output().expect("id -u");
+        let as_postgres = String::from_utf8_lossy(&root.stdout).trim() == "0";
+        let dir = tempfile::tempdir().expect("tempdir");
+        if as_postgres {
+            let out = Command::new("chown")
+                .args(["-R", "postgres"])
+                .arg(dir.path())
+                .output()
+                .expect("chown");
+            assert!(
+                out.status.success(),
+                "initdb refuses root: chown to postgres failed"
+            );
+        }
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("free port")
+            .port();
+        let mut initdb = if as_postgres {
+            let mut c = Command::new("runuser");
+            c.args(["-u", "postgres", "--"]).arg(bin.join("initdb"));
+            c
+        } else {
+            Command::new(bin.join("initdb"))
+        };
+        let out = initdb
+            .args(["-A", "trust", "-U", "postgres", "--no-sync", "-D"])
+            .arg(dir.path().join("data"))
+            .output()
+            .expect("initdb (install the PostgreSQL server package: Debian postgresql)");
+        assert!(
+            out.status.success(),
+            "initdb failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let cluster = Cluster {
+            dir,
+            bin,
+            port,
+            as_postgres,
+        };
+        cluster.start();
+        cluster
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_server_killed_mid_restore_leaves_the_original_intact_and_names_the_partial_database()
+    {
+        let cluster = throwaway_cluster();
+        cluster.psql("postgres", "CREATE DATABASE src");
+        cluster.psql(
+            "src",
+            "CREATE TABLE big (id bigint PRIMARY KEY, note text); \
+             INSERT INTO big SELECT g, repeat(md5(g::text), 8) FROM generate_series(1, 400000) g;",
+        );
+        cluster.psql("postgres", "CREATE DATABASE app");
+        cluster.psql(
+            "app",
+            "CREATE TABLE precious (x int); INSERT INTO precious VALUES (7);",
+        );
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("src.dump");
+        let out = Command::new("pg_dump")
+            .args(["-Fc", "-h", "127.0.0.1", "-U", "postgres", "-p"])
+            .arg(cluster.port.to_string())
+            .args(["-d", "src", "-f"])
+            .arg(&path)
+            .output()
+            .expect("pg_dump");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let bytes = std::fs::read(&path).expect("dump");
+
+        let mut options = RestoreOptions::new(cluster.config(), "app", "rk");
+        options.jobs = 2;
+        let progress = options.progress.clone();
+        let restoring =
+            tokio::spawn(async move { restore(&options, std::io::Cursor::new(bytes)).await });
+        // Kill the server once rows are flowing.
+        let mut waited = 0;
+        while progress.snapshot().loaded_bytes < (1 << 20) {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            waited += 1;
+            assert!(waited < 3000, "the restore never reached the data phase");
+        }
+        cluster.kill();
+        let err = restoring
+            .await
+            .expect("restore task")
+            .expect_err("the server is gone");
+        let msg = err.to_string();
+        assert!(
+            matches!(err, RestoreError::PartialLeft { ref partial, .. } if partial == "app_restore_rk"),
+            "the error should name the partial database: {msg}"
+        );
+        assert!(msg.contains("drop it by hand"), "{msg}");
+
+        cluster.start();
+        assert_eq!(
+            String::from_utf8_lossy(&cluster.psql("app", "COPY precious TO STDOUT")),
+            "7\n"
+        );
+        // What the error told the operator to do works.
+        cluster.psql("postgres", "DROP DATABASE app_restore_rk");
     }
 }
