@@ -209,7 +209,27 @@ fn bad_input_gets_a_clear_error_and_exit_2() {
         &plugin_line,
     );
     let happy = root.join("runbooks/fixtures/database-corruption/happy-path.toml");
-    let cases: [(&str, String, &str); 6] = [
+    let cases: [(&str, String, &str); 10] = [
+        (
+            "endpoint.toml",
+            format!("{good}\n[backends.object_store]\nendpoint = \"ftp://backups\"\n"),
+            "backends.object_store.endpoint",
+        ),
+        (
+            "password.toml",
+            format!("{good}\n[backends.postgres]\npassword_env = \"DRHOST_TEST_UNSET_PASSWORD\"\n"),
+            "DRHOST_TEST_UNSET_PASSWORD",
+        ),
+        (
+            "jobs.toml",
+            format!("{good}\n[backends.postgres]\njobs = 1000\n"),
+            "backends.postgres.jobs",
+        ),
+        (
+            "backend-typo.toml",
+            format!("{good}\n[backends.postgress]\nhost = \"db\"\n"),
+            "postgress",
+        ),
         (
             "typo.toml",
             good.replace("[grants.health]", "[grants.healthz]"),
@@ -286,6 +306,40 @@ fn bad_input_gets_a_clear_error_and_exit_2() {
         t.contains("bad-fixture.toml") && t.contains("k8s.delete"),
         "{t}"
     );
+
+    // A fixture asking for a live backend that does not exist, or one the
+    // runbook does not configure.
+    for (live, expected) in [
+        ("[\"k8s\"]", "has no real backend"),
+        ("[\"postgres\"]", "no [backends.postgres]"),
+    ] {
+        let fixture = dir.path().join("live.toml");
+        std::fs::write(
+            &fixture,
+            std::fs::read_to_string(&happy)
+                .expect("read")
+                .replace("runbook = \"../../database-corruption.toml\"\n", "")
+                .replace("description =", &format!("live = {live}\ndescription =")),
+        )
+        .expect("write");
+        let good_path = dir.path().join("good.toml");
+        std::fs::write(&good_path, &good).expect("write");
+        let out = drhost(
+            &["run", s(&good_path), "--mock", s(&fixture), "--yes"],
+            dir.path(),
+        );
+        let t = text(&out);
+        assert_eq!(out.status.code(), Some(2), "{live}: {t}");
+        assert!(t.contains(expected), "{live}: expected {expected:?} in {t}");
+    }
+
+    // A real run of a plugin that needs Kubernetes, which has no real
+    // backend yet: refused up front, saying what to do.
+    let good_path = dir.path().join("good.toml");
+    let out = drhost(&["run", s(&good_path), "--yes"], dir.path());
+    let t = text(&out);
+    assert_eq!(out.status.code(), Some(2), "{t}");
+    assert!(t.contains("k8s") && t.contains("--mock"), "{t}");
 }
 
 #[test]
