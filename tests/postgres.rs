@@ -113,6 +113,14 @@ fn dump(db: &str, dir: &Path, name: &str, extra: &[&str]) -> Vec<u8> {
     std::fs::read(&path).expect("read dump")
 }
 
+/// `bytes`, gzip-compressed (as the runbook's `backup_latest.dump.gz`).
+fn gzip(bytes: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    gz.write_all(bytes).expect("gzip");
+    gz.finish().expect("gzip")
+}
+
 #[test]
 fn real_custom_archives_are_read_natively_and_match_the_server() {
     let name = format!("drhost_archive_{}", std::process::id());
@@ -327,13 +335,6 @@ COPY (SELECT * FROM sums ORDER BY obj) TO STDOUT;
         let mut o = RestoreOptions::new(admin(), target, run);
         o.jobs = 2;
         o
-    }
-
-    fn gzip(bytes: &[u8]) -> Vec<u8> {
-        use std::io::Write;
-        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-        gz.write_all(bytes).expect("gzip");
-        gz.finish().expect("gzip")
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -859,12 +860,7 @@ CREATE INDEX candidates_id_flip ON candidates (id flip_ops);
         psql(&source.0, BROKEN_ORDER);
         let dir = tempfile::tempdir().expect("tempdir");
         let backup = dump(&source.0, dir.path(), "backup.dump", &[]);
-        let gz = {
-            use std::io::Write;
-            let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-            e.write_all(&backup).expect("gzip");
-            e.finish().expect("gzip")
-        };
+        let gz = gzip(&backup);
 
         // The damaged database: the same content, the comparison flipped.
         let target = Db(format!("drhost_sc_{pid}"));
