@@ -357,6 +357,19 @@ async fn drop_database(admin: &Config, db: &str) -> Result<(), String> {
         .map_err(|e| db_message(&e))
 }
 
+/// Drops the partial database after `err`; if that fails too, the error
+/// names it for the operator to drop by hand.
+async fn abandon(admin: &Config, partial: String, err: RestoreError) -> RestoreError {
+    match drop_database(admin, &partial).await {
+        Ok(()) => err,
+        Err(why) => RestoreError::PartialLeft {
+            source: Box::new(err),
+            partial,
+            why,
+        },
+    }
+}
+
 /// Load connections to use: `jobs`, or the server's cores when it is local.
 fn pick_jobs(jobs: usize, admin: &Config) -> usize {
     if jobs > 0 {
@@ -455,14 +468,7 @@ pub async fn restore<R: Read + Send + 'static>(
         Err(e) => {
             cleanup.database = None;
             progress.set_phase("cleanup");
-            return Err(match drop_database(&options.admin, &new_db).await {
-                Ok(()) => e,
-                Err(why) => RestoreError::PartialLeft {
-                    source: Box::new(e),
-                    partial: new_db,
-                    why,
-                },
-            });
+            return Err(abandon(&options.admin, new_db, e).await);
         }
     };
 
@@ -507,14 +513,7 @@ pub async fn restore<R: Read + Send + 'static>(
                 // Not swapped: the original is untouched; drop the new one.
                 let err = sql_err("swap", target.clone())(e);
                 cleanup.database = None;
-                return Err(match drop_database(&options.admin, &new_db).await {
-                    Ok(()) => err,
-                    Err(why) => RestoreError::PartialLeft {
-                        source: Box::new(err),
-                        partial: new_db,
-                        why,
-                    },
-                });
+                return Err(abandon(&options.admin, new_db, err).await);
             }
         }
     }

@@ -130,8 +130,8 @@ pub fn produce(reader: impl Read, read_bytes: Arc<AtomicU64>, tx: mpsc::Sender<M
     let fail = |e: SourceError| {
         let _ = tx.blocking_send(Msg::Failed(e));
     };
-    let head = match outer.fill_buf() {
-        Ok(b) => b.get(..16).unwrap_or(b).to_vec(),
+    let head = match peek(&mut outer) {
+        Ok(h) => h,
         Err(source) => {
             return fail(SourceError::Io {
                 offset: offset(),
@@ -142,8 +142,8 @@ pub fn produce(reader: impl Read, read_bytes: Arc<AtomicU64>, tx: mpsc::Sender<M
     match sniff(&head) {
         BackupFormat::Gzip => {
             let mut inner = BufReader::with_capacity(256 * 1024, MultiGzDecoder::new(outer));
-            let head = match inner.fill_buf() {
-                Ok(b) => b.get(..16).unwrap_or(b).to_vec(),
+            let head = match peek(&mut inner) {
+                Ok(h) => h,
                 Err(source) => {
                     return fail(SourceError::Io {
                         offset: offset(),
@@ -164,6 +164,12 @@ pub fn produce(reader: impl Read, read_bytes: Arc<AtomicU64>, tx: mpsc::Sender<M
         BackupFormat::PlainSql => plain(outer, &send, &fail),
         BackupFormat::Unknown => fail(SourceError::UnknownFormat(describe(&head))),
     }
+}
+
+/// The first bytes (up to 16) without consuming them, for [`sniff`].
+fn peek(reader: &mut impl BufRead) -> io::Result<Vec<u8>> {
+    let buf = reader.fill_buf()?;
+    Ok(buf.get(..16).unwrap_or(buf).to_vec())
 }
 
 fn describe(head: &[u8]) -> String {
