@@ -239,7 +239,27 @@ mod restore {
 
     use super::*;
     use drhost::capability::postgres::checks::Validation;
-    use drhost::capability::postgres::restore::{RestoreError, RestoreOptions, restore};
+    use std::sync::Arc;
+
+    use drhost::capability::postgres::restore::{
+        RestoreError, RestoreOptions, restore, restore_ranged,
+    };
+    use drhost::capability::postgres::source::RangeRead;
+
+    /// A backup in memory, readable at any offset.
+    struct InMemory(Vec<u8>);
+    impl RangeRead for InMemory {
+        fn size(&self) -> u64 {
+            self.0.len() as u64
+        }
+        fn open(
+            &self,
+            range: std::ops::Range<u64>,
+        ) -> std::io::Result<Box<dyn std::io::Read + Send>> {
+            let bytes = self.0[range.start as usize..range.end as usize].to_vec();
+            Ok(Box::new(std::io::Cursor::new(bytes)))
+        }
+    }
 
     /// What breaks naive restorers, on top of [`SCHEMA`]: a partitioned
     /// table, a standalone sequence with a set value, a one-column table
@@ -365,13 +385,18 @@ COPY (SELECT * FROM sums ORDER BY obj) TO STDOUT;
             "{want_content}"
         );
 
-        let formats: [(&str, Vec<u8>, &str); 4] = [
+        let formats: [(&str, Vec<u8>, &str); 6] = [
             ("custom", custom.clone(), "custom"),
             ("custom.gz", gzip(&custom), "custom"),
             ("plain", plain.clone(), "plain"),
             ("plain.gz", gzip(&plain), "plain"),
+            // Random access: the tables are read at their TOC offsets.
+            ("custom, ranged", custom.clone(), "custom"),
+            // Random access to a gzipped archive: read front to back.
+            ("custom.gz, ranged", gzip(&custom), "custom"),
         ];
         for (i, (name, bytes, format)) in formats.into_iter().enumerate() {
+            let ranged = name.ends_with("ranged");
             let target = Db(format!("drhost_rs_tgt_{pid}_{i}"));
             psql("postgres", &format!("CREATE DATABASE \"{}\"", target.0));
             psql(
@@ -385,10 +410,14 @@ COPY (SELECT * FROM sums ORDER BY obj) TO STDOUT;
                 name: "events loaded".into(),
                 sql: "SELECT count(*) FROM events".into(),
             }];
-            let outcome = restore(&o, std::io::Cursor::new(bytes))
-                .await
-                .unwrap_or_else(|e| panic!("restore from {name}: {e}"));
+            let outcome = if ranged {
+                restore_ranged(&o, Arc::new(InMemory(bytes))).await
+            } else {
+                restore(&o, std::io::Cursor::new(bytes)).await
+            }
+            .unwrap_or_else(|e| panic!("restore from {name}: {e}"));
             assert_eq!(outcome.format, format, "{name}");
+            assert_eq!(outcome.ranged, name == "custom, ranged", "{name}");
             assert_eq!(outcome.jobs, 2);
             assert_eq!(outcome.kept_as.as_deref(), Some(kept.0.as_str()), "{name}");
             assert_eq!(outcome.rows, ROWS, "{name}");
@@ -416,9 +445,10 @@ COPY (SELECT * FROM sums ORDER BY obj) TO STDOUT;
         }
     }
 
-    /// Restores `bytes` over a database holding a `precious` row, expects
-    /// failure, and checks the original is intact and no partial database
-    /// is left. Returns the error.
+    /// Restores `bytes` over a database holding a `precious` row, read front
+    /// to back and then at random (as from S3), expects both to fail, and
+    /// checks the original is intact and no partial database is left each
+    /// time. Returns the two errors' messages joined, and the first error.
     async fn fails_cleanly(tag: &str, bytes: Vec<u8>) -> RestoreError {
         let target = Db(format!("drhost_rf_{tag}_{}", std::process::id()));
         psql("postgres", &format!("CREATE DATABASE \"{}\"", target.0));
@@ -426,17 +456,30 @@ COPY (SELECT * FROM sums ORDER BY obj) TO STDOUT;
             &target.0,
             "CREATE TABLE precious (x int); INSERT INTO precious VALUES (7);",
         );
-        let err = restore(&options(&target.0, "rf"), std::io::Cursor::new(bytes))
+        let streamed = restore(
+            &options(&target.0, "rf"),
+            std::io::Cursor::new(bytes.clone()),
+        )
+        .await
+        .expect_err("must fail");
+        let ranged = restore_ranged(&options(&target.0, "rg"), Arc::new(InMemory(bytes)))
             .await
-            .expect_err("must fail");
+            .expect_err("must fail when read at random too");
+        for (err, run) in [(&streamed, "rf"), (&ranged, "rg")] {
+            assert_eq!(
+                String::from_utf8_lossy(&psql(&target.0, "COPY precious TO STDOUT")),
+                "7\n",
+                "the original must be intact after: {err}"
+            );
+            let left = no_database_like(&format!("{}_restore_{run}", target.0)).await;
+            assert!(left.is_empty(), "partial database left behind after: {err}");
+        }
         assert_eq!(
-            String::from_utf8_lossy(&psql(&target.0, "COPY precious TO STDOUT")),
-            "7\n",
-            "the original must be intact after: {err}"
+            std::mem::discriminant(&streamed),
+            std::mem::discriminant(&ranged),
+            "same kind of error either way: {streamed} / {ranged}"
         );
-        let left = no_database_like(&format!("{}_restore_rf", target.0)).await;
-        assert!(left.is_empty(), "partial database left behind after: {err}");
-        err
+        streamed
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -498,6 +541,7 @@ COPY (SELECT * FROM sums ORDER BY obj) TO STDOUT;
     async fn a_restore_streaming_from_s3_resumes_dropped_connections_and_fails_cleanly_when_s3_is_gone()
      {
         use drhost::capability::object_store::s3::{S3Config, S3Store};
+        use drhost::capability::postgres::live::S3Backup;
         use drhost_tests::s3_server::{Fault, FlakyProxy, S3Server};
 
         let pid = std::process::id();
@@ -546,12 +590,11 @@ COPY (SELECT * FROM sums ORDER BY obj) TO STDOUT;
         let store = store_via(&proxy.endpoint, 5);
         let meta = store.head("backups", "db.dump").await.expect("head");
         let target = Db(format!("drhost_rx_tgt_{pid}"));
-        let reader = store
-            .open_stream(&meta)
-            .into_blocking_reader(tokio::runtime::Handle::current());
-        let outcome = restore(&options(&target.0, "rx"), reader)
+        let backup = Arc::new(S3Backup::new(store.clone(), meta.clone()));
+        let outcome = restore_ranged(&options(&target.0, "rx"), backup)
             .await
             .expect("restore through a flaky connection");
+        assert!(outcome.ranged, "tables read at their offsets");
         assert_eq!(outcome.read_bytes, size);
         assert_eq!(outcome.rows, ROWS);
         assert!(proxy.faults_injected() >= 1, "no connection was cut");

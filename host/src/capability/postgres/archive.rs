@@ -247,7 +247,7 @@ struct ChunkState {
 pub struct CustomArchive<R> {
     src: Counting<R>,
     header: Header,
-    toc: Vec<TocEntry>,
+    toc: std::sync::Arc<[TocEntry]>,
     chunk: ChunkState,
     /// Dump ids whose data block has been seen.
     seen: std::collections::HashSet<i32>,
@@ -275,13 +275,61 @@ impl<R: Read> CustomArchive<R> {
                 server_version: String::new(),
                 dump_version: String::new(),
             },
-            toc: Vec::new(),
+            toc: std::sync::Arc::from(Vec::new()),
             chunk: ChunkState::default(),
             seen: std::collections::HashSet::new(),
         };
         a.read_header()?;
         a.read_toc()?;
         Ok(a)
+    }
+
+    /// An archive whose header and TOC were read elsewhere, with `reader`
+    /// positioned at byte `offset` of the file: the start of a data block
+    /// recorded in the TOC ([`DataOffset::At`]). This is how several
+    /// tables are read at once, each from its own ranged read, the way
+    /// pg_restore seeks in a file. Only [`CustomArchive::block_at`] is
+    /// meant to be called on it.
+    pub fn positioned(
+        header: Header,
+        toc: std::sync::Arc<[TocEntry]>,
+        reader: R,
+        offset: u64,
+    ) -> Self {
+        CustomArchive {
+            src: Counting {
+                inner: reader,
+                offset,
+            },
+            header,
+            toc,
+            chunk: ChunkState::default(),
+            seen: std::collections::HashSet::new(),
+        }
+    }
+
+    /// The data block of `dump_id`, which must start right here (see
+    /// [`CustomArchive::positioned`]).
+    ///
+    /// # Errors
+    /// Truncation or corruption, or a block of another entry (the TOC's
+    /// offset is wrong).
+    pub fn block_at(&mut self, dump_id: i32) -> Result<DataBlock<'_, R>, ArchiveError> {
+        let at = self.src.offset;
+        match self.next_block()? {
+            Some(b) if b.dump_id == dump_id => Ok(b),
+            Some(b) => Err(ArchiveError::Corrupt {
+                offset: at,
+                problem: format!(
+                    "the TOC says the data of dump id {dump_id} starts here, but the block here is dump id {}",
+                    b.dump_id
+                ),
+            }),
+            None => Err(ArchiveError::Truncated {
+                what: "a data block the TOC points to",
+                offset: at,
+            }),
+        }
     }
 
     /// The header.
@@ -580,6 +628,7 @@ impl<R: Read> CustomArchive<R> {
             return Err(self.corrupt(format!("TOC size {count}")));
         }
         let vmin = self.header.version.1;
+        let mut toc = Vec::new();
         for _ in 0..count {
             let dump_id = self.read_int("a TOC entry id")?;
             let dump_id = i32::try_from(dump_id)
@@ -637,7 +686,7 @@ impl<R: Read> CustomArchive<R> {
                     return Err(self.corrupt(format!("data offset flag {other} of {desc} {tag}")));
                 }
             };
-            self.toc.push(TocEntry {
+            toc.push(TocEntry {
                 dump_id,
                 had_dumper,
                 tag,
@@ -652,6 +701,7 @@ impl<R: Read> CustomArchive<R> {
                 data_offset,
             });
         }
+        self.toc = toc.into();
         Ok(())
     }
 }

@@ -2,6 +2,8 @@
 //! straight into [`super::restore::restore`]; checks, queries and
 //! terminations go to the server configured in `[backends.postgres]`.
 
+use std::io::{self, Read};
+use std::ops::Range;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -9,11 +11,13 @@ use async_trait::async_trait;
 
 use super::PostgresBackend;
 use super::checks::{self, QueryLimits};
-use super::restore::{Progress, RestoreError, RestoreOptions, restore};
+use super::restore::{Progress, RestoreError, RestoreOptions, restore_ranged};
+use super::source::RangeRead;
 use crate::backends::PostgresSettings;
 use crate::bindings::CapError;
 use crate::bindings::postgres::{IntegrityReport, PhaseTiming, RestoreReport};
 use crate::capability::object_store::live::{LiveObjectStore, cap_error};
+use crate::capability::object_store::s3::{ObjectMeta, S3Store};
 
 /// PostgreSQL as the `postgres` capability.
 pub struct LivePostgres {
@@ -39,6 +43,48 @@ impl LivePostgres {
             run_id: run_id.to_owned(),
             progress,
         }
+    }
+}
+
+/// A backup in S3, readable at any offset through ranged GETs. The whole
+/// object streams with the store's full `max_in_flight`; a part of it (one
+/// table of a custom archive, several read at once) with half of it.
+pub struct S3Backup {
+    store: S3Store,
+    meta: ObjectMeta,
+    handle: tokio::runtime::Handle,
+}
+
+impl S3Backup {
+    /// The object `meta` (from [`S3Store::head`]: its size and ETag) of
+    /// `store`.
+    ///
+    /// # Panics
+    /// Outside a Tokio runtime (its reads run on the current one).
+    pub fn new(store: S3Store, meta: ObjectMeta) -> Self {
+        S3Backup {
+            store,
+            meta,
+            handle: tokio::runtime::Handle::current(),
+        }
+    }
+}
+
+impl RangeRead for S3Backup {
+    fn size(&self) -> u64 {
+        self.meta.size
+    }
+
+    fn open(&self, range: Range<u64>) -> io::Result<Box<dyn Read + Send>> {
+        let whole = range.start == 0 && range.end >= self.meta.size;
+        let in_flight = if whole {
+            self.store.max_in_flight()
+        } else {
+            (self.store.max_in_flight() / 2).max(1)
+        };
+        let _runtime = self.handle.enter();
+        let stream = self.store.open_range(&self.meta, range, in_flight);
+        Ok(Box::new(stream.into_blocking_reader(self.handle.clone())))
     }
 }
 
@@ -70,10 +116,7 @@ impl PostgresBackend for LivePostgres {
         let started = Instant::now();
         let meta = store.store().head(bucket, key).await.map_err(cap_error)?;
         self.progress.set_total(meta.size);
-        let reader = store
-            .store()
-            .open_stream(&meta)
-            .into_blocking_reader(tokio::runtime::Handle::current());
+        let backup = Arc::new(S3Backup::new(store.store().clone(), meta));
         let mut options =
             RestoreOptions::new(self.settings.admin.clone(), database, self.run_id.clone());
         options.jobs = self.settings.jobs;
@@ -81,7 +124,9 @@ impl PostgresBackend for LivePostgres {
         options.no_owner = self.settings.no_owner;
         options.validations = self.settings.validations_for(database);
         options.progress = self.progress.clone();
-        let outcome = restore(&options, reader).await.map_err(restore_error)?;
+        let outcome = restore_ranged(&options, backup)
+            .await
+            .map_err(restore_error)?;
         tracing::info!(
             "restored {database} from {bucket}/{key}: {} format, {} tables, {} rows, {} bytes read, {} jobs, phases {:?}",
             outcome.format,

@@ -52,9 +52,10 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_postgres::{Client, CopyInSink, NoTls};
 
+use super::archive::{DataOffset, Header};
 use super::archive::{Section, TocEntry};
 use super::checks::{QueryLimits, Validation};
-use super::source::{CHANNEL_DEPTH, CopyTarget, Msg, SourceError};
+use super::source::{CHANNEL_DEPTH, CopyTarget, Msg, RangeRead, SourceError};
 
 pub use tokio_postgres::Config;
 
@@ -163,6 +164,10 @@ pub struct RestoreOutcome {
     pub kept_as: Option<String>,
     /// `custom` or `plain`.
     pub format: &'static str,
+    /// The tables were read at their archive offsets, several at once
+    /// ([`restore_ranged`] of a raw custom archive with offsets), rather
+    /// than front to back.
+    pub ranged: bool,
     /// Load connections used.
     pub jobs: usize,
     /// Tables loaded.
@@ -400,6 +405,35 @@ pub async fn restore<R: Read + Send + 'static>(
     options: &RestoreOptions,
     reader: R,
 ) -> Result<RestoreOutcome, RestoreError> {
+    restore_backup(options, Backup::Stream(Box::new(reader))).await
+}
+
+/// Like [`restore`], from a backup readable at any offset (an S3 object): a
+/// raw custom archive whose TOC records the data offsets (any `pg_dump -Fc
+/// -f FILE`) then loads several tables at once, each read by its own ranged
+/// reader. Other backups are read front to back as by [`restore`].
+///
+/// # Errors
+/// As [`restore`].
+pub async fn restore_ranged(
+    options: &RestoreOptions,
+    backup: Arc<dyn RangeRead>,
+) -> Result<RestoreOutcome, RestoreError> {
+    restore_backup(options, Backup::Ranged(backup)).await
+}
+
+/// Where the bytes of a backup come from.
+enum Backup {
+    /// Front to back only.
+    Stream(Box<dyn Read + Send>),
+    /// At any offset.
+    Ranged(Arc<dyn RangeRead>),
+}
+
+async fn restore_backup(
+    options: &RestoreOptions,
+    backup: Backup,
+) -> Result<RestoreOutcome, RestoreError> {
     let target = &options.database;
     if target.is_empty() || target.len() > MAX_IDENT || target.contains('\0') {
         return Err(RestoreError::BadName(
@@ -462,7 +496,7 @@ pub async fn restore<R: Read + Send + 'static>(
     let mut new_config = options.admin.clone();
     new_config.dbname(&new_db);
     let jobs = pick_jobs(options.jobs, &options.admin);
-    let loaded = load_and_verify(options, &new_config, &new_db, jobs, reader).await;
+    let loaded = load_and_verify(options, &new_config, &new_db, jobs, backup).await;
     let mut outcome = match loaded {
         Ok(o) => o,
         Err(e) => {
@@ -536,19 +570,33 @@ pub async fn restore<R: Read + Send + 'static>(
 }
 
 /// Loads the backup into `new_db` and verifies it.
-async fn load_and_verify<R: Read + Send + 'static>(
+async fn load_and_verify(
     options: &RestoreOptions,
     new_config: &Config,
     new_db: &str,
     jobs: usize,
-    reader: R,
+    backup: Backup,
 ) -> Result<RestoreOutcome, RestoreError> {
     let progress = options.progress.clone();
     let (tx, mut rx) = mpsc::channel(CHANNEL_DEPTH);
     let read_bytes = progress.0.read_bytes.clone();
+    let ranged = match &backup {
+        Backup::Ranged(r) => Some(r.clone()),
+        Backup::Stream(_) => None,
+    };
     // Dropping `rx` (on error or cancellation) stops the reading thread.
-    let _reading =
-        tokio::task::spawn_blocking(move || super::source::produce(reader, read_bytes, tx));
+    let _reading = tokio::task::spawn_blocking(move || match backup {
+        Backup::Stream(reader) => super::source::produce(reader, read_bytes, tx, false),
+        Backup::Ranged(source) => match source.open(0..source.size()) {
+            Ok(reader) => super::source::produce(reader, read_bytes, tx, true),
+            Err(e) => {
+                let _ = tx.blocking_send(Msg::Failed(SourceError::Io {
+                    offset: 0,
+                    source: e,
+                }));
+            }
+        },
+    });
 
     progress.set_phase("connecting");
     let mut clients = Vec::with_capacity(jobs);
@@ -566,9 +614,23 @@ async fn load_and_verify<R: Read + Send + 'static>(
         no_owner: options.no_owner,
         data_sizes: HashMap::new(),
     };
+    let mut read_ranged = false;
     let format = match rx.recv().await {
         Some(Msg::Custom(toc)) => {
-            loader.custom(toc, &mut rx).await?;
+            loader.custom(toc.into(), Feeding::Stream(&mut rx)).await?;
+            "custom"
+        }
+        Some(Msg::CustomRanged(header, toc)) => {
+            drop(rx); // the front-to-back reader is done
+            let Some(source) = ranged else {
+                return Err(RestoreError::Verify(
+                    "the backup reader asked for random access to a stream".into(),
+                ));
+            };
+            loader
+                .custom(toc, Feeding::Ranged { source, header })
+                .await?;
+            read_ranged = true;
             "custom"
         }
         Some(Msg::Plain) => {
@@ -610,6 +672,7 @@ async fn load_and_verify<R: Read + Send + 'static>(
         database: options.database.clone(),
         kept_as: None,
         format,
+        ranged: read_ranged,
         jobs,
         tables: loader.tables,
         rows: loader.rows,
@@ -659,8 +722,8 @@ impl Loader {
     /// A custom archive: TOC-driven phases.
     async fn custom(
         &mut self,
-        toc: Vec<TocEntry>,
-        rx: &mut mpsc::Receiver<Msg>,
+        toc: Arc<[TocEntry]>,
+        feeding: Feeding<'_>,
     ) -> Result<(), RestoreError> {
         let started = Instant::now();
         let mut session = String::from(SESSION);
@@ -703,7 +766,12 @@ impl Loader {
             .filter(|e| e.copy_stmt.is_some() && e.had_dumper)
             .map(toc_object)
             .collect();
-        let loaded = self.data(rx).await?;
+        let loaded = match feeding {
+            Feeding::Stream(rx) => self.data(rx).await?,
+            Feeding::Ranged { source, header } => {
+                self.data_ranged(source, header, toc.clone()).await?
+            }
+        };
         if let Some(missing) = expected.iter().find(|o| !loaded.contains(*o)) {
             return Err(RestoreError::Verify(format!(
                 "the data of {missing} was never loaded"
@@ -746,6 +814,120 @@ impl Loader {
         }
         self.phases.push(("post-data", post_started.elapsed()));
         Ok(())
+    }
+
+    /// A custom archive read at its data offsets: up to N tables at once,
+    /// each read by its own ranged reader and loaded by one connection (no
+    /// two connections extending the same table, biggest tables first);
+    /// when no table is left to start, a free connection joins the table
+    /// with the most left to read. Returns the objects loaded.
+    async fn data_ranged(
+        &mut self,
+        source: Arc<dyn RangeRead>,
+        header: Header,
+        toc: Arc<[TocEntry]>,
+    ) -> Result<HashSet<String>, RestoreError> {
+        let mut starts: Vec<u64> = toc
+            .iter()
+            .filter_map(|e| match e.data_offset {
+                DataOffset::At(at) => Some(at),
+                _ => None,
+            })
+            .collect();
+        starts.sort_unstable();
+        starts.dedup();
+        let size = source.size();
+        // Bytes read so far: the header and the TOC, which end where the
+        // data begins (the front-to-back reader buffered a little more).
+        self.progress
+            .0
+            .read_bytes
+            .store(starts.first().copied().unwrap_or(size), Ordering::Relaxed);
+        for e in &*toc {
+            if let DataOffset::At(at) = e.data_offset
+                && at >= size
+            {
+                return Err(RestoreError::Source(SourceError::Archive(
+                    super::archive::ArchiveError::Corrupt {
+                        offset: size,
+                        problem: format!(
+                            "the TOC says the data of {} starts at byte {at}, but the backup ends at byte {size}: truncated?",
+                            toc_object(e)
+                        ),
+                    },
+                )));
+            }
+        }
+        let mut tables: Vec<TableRead> = toc
+            .iter()
+            .filter(|e| e.had_dumper)
+            .filter_map(|e| {
+                let DataOffset::At(at) = e.data_offset else {
+                    return None;
+                };
+                let stmt = e.copy_stmt.as_ref()?;
+                let end = starts
+                    .iter()
+                    .copied()
+                    .find(|&s| s > at)
+                    .unwrap_or(size)
+                    .max(at);
+                Some(TableRead {
+                    range: at..end,
+                    target: Arc::new(CopyTarget {
+                        stmt: stmt.trim_end().to_owned(),
+                        object: toc_object(e),
+                        dump_id: Some(e.dump_id),
+                    }),
+                })
+            })
+            .collect();
+        // Smallest first: `pop` takes the biggest.
+        tables.sort_by_key(|t| {
+            (
+                t.range.end - t.range.start,
+                std::cmp::Reverse(t.range.start),
+            )
+        });
+        let objects: HashSet<String> = tables.iter().map(|t| t.target.object.clone()).collect();
+        let shared = Arc::new(RangedLoad {
+            source,
+            archive: (header, toc),
+            progress: self.progress.clone(),
+            schedule: Mutex::new(Schedule {
+                waiting: tables,
+                reading: Vec::new(),
+            }),
+        });
+        let mut tasks: JoinSet<Result<(Client, u64), RestoreError>> = JoinSet::new();
+        for client in std::mem::take(&mut self.workers) {
+            tasks.spawn(ranged_worker(client, shared.clone()));
+        }
+        while let Some(ended) = tasks.join_next().await {
+            let (client, rows) = match ended {
+                Ok(Ok(done)) => done,
+                // Dropping `tasks` aborts the other connections' loads;
+                // their readers stop when their feeds are dropped.
+                Ok(Err(e)) => return Err(e),
+                Err(e) => return Err(RestoreError::Verify(format!("a load task failed: {e}"))),
+            };
+            self.workers.push(client);
+            self.rows += rows;
+        }
+        let finished = std::mem::take(
+            &mut shared
+                .schedule
+                .lock()
+                .map_err(|_| RestoreError::Verify("a load task panicked".into()))?
+                .reading,
+        );
+        for feed in finished {
+            if let Some(id) = feed.target.dump_id {
+                *self.data_sizes.entry(id).or_default() += feed.loaded.load(Ordering::Relaxed);
+            }
+        }
+        self.tables += objects.len() as u32;
+        Ok(objects)
     }
 
     /// Streams every table's rows to the load connections until the reader
@@ -1032,6 +1214,159 @@ struct PostJob {
     object: String,
     deps: Vec<usize>,
     locks: Vec<i32>,
+}
+
+/// How the loader gets a custom archive's table data.
+enum Feeding<'a> {
+    /// In archive order from the front-to-back reader.
+    Stream(&'a mut mpsc::Receiver<Msg>),
+    /// Each table from its own ranged reader.
+    Ranged {
+        source: Arc<dyn RangeRead>,
+        header: Header,
+    },
+}
+
+/// One table's data block: where it is in the archive.
+struct TableRead {
+    range: std::ops::Range<u64>,
+    target: Arc<CopyTarget>,
+}
+
+/// Pieces of one table's rows from its reader thread, taken by the
+/// connection(s) loading that table.
+struct Feed {
+    target: Arc<CopyTarget>,
+    rx: tokio::sync::Mutex<mpsc::Receiver<Msg>>,
+    /// Archive bytes of the table's data block, and how many were read.
+    extent: u64,
+    read: Arc<AtomicU64>,
+    /// COPY bytes loaded.
+    loaded: AtomicU64,
+    /// A connection saw its end.
+    ended: std::sync::atomic::AtomicBool,
+}
+
+impl Feed {
+    fn left(&self) -> u64 {
+        self.extent
+            .saturating_sub(self.read.load(Ordering::Relaxed))
+    }
+}
+
+/// Tables not started yet (biggest last) and the feeds started.
+struct Schedule {
+    waiting: Vec<TableRead>,
+    reading: Vec<Arc<Feed>>,
+}
+
+/// What the connections of a ranged data load share.
+struct RangedLoad {
+    source: Arc<dyn RangeRead>,
+    archive: (Header, Arc<[TocEntry]>),
+    progress: Progress,
+    schedule: Mutex<Schedule>,
+}
+
+/// Feed depth per table: the memory bound splits over the tables read at
+/// once.
+const FEED_DEPTH: usize = 8;
+
+impl RangedLoad {
+    /// The next table for a free connection: the biggest not started (its
+    /// reader starts now), else the started one with the most left to read;
+    /// `None` when every table is fully read.
+    fn next_feed(&self) -> Result<Option<Arc<Feed>>, RestoreError> {
+        let mut schedule = self
+            .schedule
+            .lock()
+            .map_err(|_| RestoreError::Verify("a load task panicked".into()))?;
+        if let Some(table) = schedule.waiting.pop() {
+            let (tx, rx) = mpsc::channel(FEED_DEPTH);
+            let feed = Arc::new(Feed {
+                target: table.target.clone(),
+                rx: tokio::sync::Mutex::new(rx),
+                extent: table.range.end - table.range.start,
+                read: Arc::new(AtomicU64::new(0)),
+                loaded: AtomicU64::new(0),
+                ended: std::sync::atomic::AtomicBool::new(false),
+            });
+            let source = self.source.clone();
+            let archive = (self.archive.0.clone(), self.archive.1.clone());
+            let counters = [self.progress.0.read_bytes.clone(), feed.read.clone()];
+            let dump_id = table.target.dump_id.unwrap_or_default();
+            let object = table.target.object.clone();
+            tokio::task::spawn_blocking(move || {
+                super::source::produce_table(
+                    source.as_ref(),
+                    archive,
+                    dump_id,
+                    table.range,
+                    &object,
+                    counters,
+                    tx,
+                );
+            });
+            self.progress
+                .set_phase(format!("data {}", feed.target.object));
+            schedule.reading.push(feed.clone());
+            return Ok(Some(feed));
+        }
+        Ok(schedule
+            .reading
+            .iter()
+            .filter(|f| !f.ended.load(Ordering::Relaxed))
+            .max_by_key(|f| f.left())
+            .cloned())
+    }
+}
+
+/// One load connection of a ranged data load: takes tables until none is
+/// left, each with its own `COPY ... FROM STDIN`.
+async fn ranged_worker(
+    client: Client,
+    load: Arc<RangedLoad>,
+) -> Result<(Client, u64), RestoreError> {
+    let mut rows = 0u64;
+    while let Some(feed) = load.next_feed()? {
+        let object = feed.target.object.clone();
+        let mut sink = Box::pin(
+            client
+                .copy_in::<_, Bytes>(feed.target.stmt.as_str())
+                .await
+                .map_err(sql_err("data", object.clone()))?,
+        );
+        loop {
+            let msg = feed.rx.lock().await.recv().await;
+            match msg {
+                Some(Msg::Data(data)) => {
+                    let len = data.len() as u64;
+                    sink.send(data)
+                        .await
+                        .map_err(sql_err("data", object.clone()))?;
+                    feed.loaded.fetch_add(len, Ordering::Relaxed);
+                    load.progress
+                        .0
+                        .loaded_bytes
+                        .fetch_add(len, Ordering::Relaxed);
+                }
+                Some(Msg::Failed(e)) => return Err(e.into()),
+                Some(other) => {
+                    return Err(RestoreError::Verify(format!(
+                        "the reader of {object} sent {other:?}"
+                    )));
+                }
+                None => break,
+            }
+        }
+        feed.ended.store(true, Ordering::Relaxed);
+        rows += sink
+            .as_mut()
+            .finish()
+            .await
+            .map_err(sql_err("data", object))?;
+    }
+    Ok((client, rows))
 }
 
 /// Whole rows of one table for one load connection.

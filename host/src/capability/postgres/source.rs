@@ -18,6 +18,7 @@
 //! about [`PIECE`] bytes (a single row longer than that travels alone).
 
 use std::io::{self, BufRead, BufReader, Read};
+use std::ops::Range;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -25,7 +26,9 @@ use bytes::Bytes;
 use flate2::read::MultiGzDecoder;
 use tokio::sync::mpsc;
 
-use super::archive::{ArchiveError, BackupFormat, CustomArchive, TocEntry, sniff};
+use super::archive::{
+    ArchiveError, BackupFormat, CustomArchive, DataOffset, Header, TocEntry, sniff,
+};
 use super::plain::{PlainError, PlainItem, PlainReader};
 
 /// Target size of one piece of COPY data.
@@ -55,6 +58,10 @@ pub struct CopyTarget {
 pub enum Msg {
     /// First message for a custom archive: its table of contents.
     Custom(Vec<TocEntry>),
+    /// First (and only) message for a custom archive that records where
+    /// every table's data is, read from a [`RangeRead`] backup: the loader
+    /// reads the tables itself, several at once ([`produce_table`]).
+    CustomRanged(Header, Arc<[TocEntry]>),
     /// First message for a plain SQL dump.
     Plain,
     /// Plain dumps: one SQL statement.
@@ -100,30 +107,53 @@ pub enum SourceError {
 
 /// A reader that counts the bytes it hands out into a shared counter
 /// (bytes read from the backup: the progress figure).
-struct Counted<R> {
+struct Counted<R, const N: usize> {
     inner: R,
-    count: Arc<AtomicU64>,
+    counts: [Arc<AtomicU64>; N],
 }
 
-impl<R: Read> Read for Counted<R> {
+impl<R: Read, const N: usize> Read for Counted<R, N> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let n = self.inner.read(buf)?;
-        self.count.fetch_add(n as u64, Ordering::Relaxed);
+        for c in &self.counts {
+            c.fetch_add(n as u64, Ordering::Relaxed);
+        }
         Ok(n)
     }
 }
 
+/// A backup that can be read from any offset: an S3 object (ranged GETs) or
+/// a file. A raw custom archive read this way has each table's data read
+/// by its own reader, so different tables load at once.
+pub trait RangeRead: Send + Sync + 'static {
+    /// Size in bytes.
+    fn size(&self) -> u64;
+    /// A reader over bytes `range` (blocking reads; called on a blocking
+    /// thread).
+    ///
+    /// # Errors
+    /// The range cannot be opened.
+    fn open(&self, range: Range<u64>) -> io::Result<Box<dyn Read + Send>>;
+}
+
 /// Reads the whole backup, sending [`Msg`]s until the end or until the
 /// receiver is gone (the restore was cancelled). Runs on a blocking thread.
-/// `read_bytes` counts the backup's bytes consumed.
-pub fn produce(reader: impl Read, read_bytes: Arc<AtomicU64>, tx: mpsc::Sender<Msg>) {
+/// `read_bytes` counts the backup's bytes consumed. With `random_access`
+/// (the backup is a [`RangeRead`]), a raw custom archive whose TOC records
+/// every data offset stops after the TOC with [`Msg::CustomRanged`].
+pub fn produce(
+    reader: impl Read,
+    read_bytes: Arc<AtomicU64>,
+    tx: mpsc::Sender<Msg>,
+    random_access: bool,
+) {
     let counter = read_bytes.clone();
     let offset = move || counter.load(Ordering::Relaxed);
     let mut outer = BufReader::with_capacity(
         256 * 1024,
         Counted {
             inner: reader,
-            count: read_bytes,
+            counts: [read_bytes],
         },
     );
     let send = |m: Msg| tx.blocking_send(m).is_ok();
@@ -152,7 +182,7 @@ pub fn produce(reader: impl Read, read_bytes: Arc<AtomicU64>, tx: mpsc::Sender<M
                 }
             };
             match sniff(&head) {
-                BackupFormat::Custom => custom(inner, &send, &fail),
+                BackupFormat::Custom => custom(inner, &send, &fail, false),
                 BackupFormat::PlainSql => plain(inner, &send, &fail),
                 _ => fail(SourceError::UnknownFormat(format!(
                     "gzip data holding {}",
@@ -160,7 +190,7 @@ pub fn produce(reader: impl Read, read_bytes: Arc<AtomicU64>, tx: mpsc::Sender<M
                 ))),
             }
         }
-        BackupFormat::Custom => custom(outer, &send, &fail),
+        BackupFormat::Custom => custom(outer, &send, &fail, random_access),
         BackupFormat::PlainSql => plain(outer, &send, &fail),
         BackupFormat::Unknown => fail(SourceError::UnknownFormat(describe(&head))),
     }
@@ -187,12 +217,29 @@ fn object(e: &TocEntry) -> String {
     }
 }
 
-fn custom(reader: impl Read, send: &dyn Fn(Msg) -> bool, fail: &dyn Fn(SourceError)) {
+fn custom(
+    reader: impl Read,
+    send: &dyn Fn(Msg) -> bool,
+    fail: &dyn Fn(SourceError),
+    random_access: bool,
+) {
     let mut archive = match CustomArchive::open(reader) {
         Ok(a) => a,
         Err(e) => return fail(e.into()),
     };
     let toc = archive.toc().to_vec();
+    let located = |e: &TocEntry| {
+        !e.had_dumper
+            || match e.data_offset {
+                DataOffset::NoData => true,
+                DataOffset::At(_) => e.copy_stmt.is_some(),
+                DataOffset::Unknown => false,
+            }
+    };
+    if random_access && toc.iter().all(located) {
+        send(Msg::CustomRanged(archive.header().clone(), toc.into()));
+        return;
+    }
     let targets: std::collections::HashMap<i32, Arc<CopyTarget>> = toc
         .iter()
         .filter_map(|e| {
@@ -210,7 +257,6 @@ fn custom(reader: impl Read, send: &dyn Fn(Msg) -> bool, fail: &dyn Fn(SourceErr
     if !send(Msg::Custom(toc)) {
         return;
     }
-    let mut buf = vec![0u8; PIECE];
     loop {
         let mut block = match archive.next_block() {
             Ok(Some(b)) => b,
@@ -230,44 +276,102 @@ fn custom(reader: impl Read, send: &dyn Fn(Msg) -> bool, fail: &dyn Fn(SourceErr
         if !send(Msg::CopyStart(target)) {
             return;
         }
-        let mut pending: Vec<u8> = Vec::with_capacity(PIECE + HOLD_BACK);
-        loop {
-            let n = match block.read(&mut buf) {
-                Ok(0) => break,
-                Ok(n) => n,
-                Err(e) => {
-                    return fail(SourceError::Archive(ArchiveError::Corrupt {
-                        offset: 0,
-                        problem: format!("data of {object}: {e}"),
-                    }));
-                }
-            };
-            pending.extend_from_slice(&buf[..n]);
-            if pending.len() >= PIECE + HOLD_BACK {
-                let sendable = &pending[..pending.len() - HOLD_BACK];
-                match memrchr_newline(sendable) {
-                    Some(p) => {
-                        let rest = pending.split_off(p + 1);
-                        let piece = std::mem::replace(&mut pending, rest);
-                        if !send(Msg::Data(Bytes::from(piece))) {
-                            return;
-                        }
-                    }
-                    None if pending.len() > MAX_ROW => {
-                        return fail(SourceError::RowTooLong(object));
-                    }
-                    None => {}
-                }
-            }
-        }
-        let rows = super::archive::strip_copy_terminator(&pending);
-        if !rows.is_empty() && !send(Msg::Data(Bytes::copy_from_slice(rows))) {
-            return;
+        match send_rows(&mut block, &object, send) {
+            Ok(true) => {}
+            Ok(false) => return,
+            Err(e) => return fail(e),
         }
         if !send(Msg::CopyEnd) {
             return;
         }
     }
+}
+
+/// Reads one table's data block from `range` of a [`RangeRead`] custom
+/// archive (`range` starts at the block, as the TOC records) and sends its
+/// rows as [`Msg::Data`] pieces; the channel closing is the end. Runs on a
+/// blocking thread; stops when the receiver is gone.
+pub fn produce_table(
+    source: &dyn RangeRead,
+    archive: (Header, Arc<[TocEntry]>),
+    dump_id: i32,
+    range: Range<u64>,
+    object: &str,
+    read_bytes: [Arc<AtomicU64>; 2],
+    tx: mpsc::Sender<Msg>,
+) {
+    let send = |m: Msg| tx.blocking_send(m).is_ok();
+    let fail = |e: SourceError| {
+        let _ = tx.blocking_send(Msg::Failed(e));
+    };
+    let start = range.start;
+    let reader = match source.open(range) {
+        Ok(r) => r,
+        Err(source) => {
+            return fail(SourceError::Io {
+                offset: start,
+                source,
+            });
+        }
+    };
+    let counted = BufReader::with_capacity(
+        256 * 1024,
+        Counted {
+            inner: reader,
+            counts: read_bytes,
+        },
+    );
+    let (header, toc) = archive;
+    let mut archive = CustomArchive::positioned(header, toc, counted, start);
+    let mut block = match archive.block_at(dump_id) {
+        Ok(b) => b,
+        Err(e) => return fail(e.into()),
+    };
+    if let Err(e) = send_rows(&mut block, object, &send) {
+        fail(e);
+    }
+}
+
+/// Sends one data block's COPY rows as [`Msg::Data`] pieces of whole lines,
+/// without pg_dump's `\.` end marker. `Ok(false)`: the receiver is gone.
+fn send_rows(
+    block: &mut impl Read,
+    object: &str,
+    send: &dyn Fn(Msg) -> bool,
+) -> Result<bool, SourceError> {
+    let mut buf = vec![0u8; PIECE];
+    let mut pending: Vec<u8> = Vec::with_capacity(PIECE + HOLD_BACK);
+    loop {
+        let n = match block.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) => {
+                return Err(SourceError::Archive(ArchiveError::Corrupt {
+                    offset: 0,
+                    problem: format!("data of {object}: {e}"),
+                }));
+            }
+        };
+        pending.extend_from_slice(&buf[..n]);
+        if pending.len() >= PIECE + HOLD_BACK {
+            let sendable = &pending[..pending.len() - HOLD_BACK];
+            match memrchr_newline(sendable) {
+                Some(p) => {
+                    let rest = pending.split_off(p + 1);
+                    let piece = std::mem::replace(&mut pending, rest);
+                    if !send(Msg::Data(Bytes::from(piece))) {
+                        return Ok(false);
+                    }
+                }
+                None if pending.len() > MAX_ROW => {
+                    return Err(SourceError::RowTooLong(object.to_owned()));
+                }
+                None => {}
+            }
+        }
+    }
+    let rows = super::archive::strip_copy_terminator(&pending);
+    Ok(rows.is_empty() || send(Msg::Data(Bytes::copy_from_slice(rows))))
 }
 
 fn memrchr_newline(b: &[u8]) -> Option<usize> {
