@@ -22,7 +22,9 @@
 //! endpoint = "http://127.0.0.1:9000" # default: $AWS_ENDPOINT_URL, else AWS
 //! region = "eu-west-1"               # default: $AWS_REGION or us-east-1
 //! path_style = true                  # for MinIO, Ceph and other S3-compatibles
-//! # credentials: AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY / AWS_SESSION_TOKEN
+//! profile = "backups"                # optional AWS profile (default: $AWS_PROFILE, else default)
+//! # credentials: AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY / AWS_SESSION_TOKEN,
+//! # else the profile's keys or credential_process (~/.aws/credentials, ~/.aws/config)
 //! ```
 
 use std::collections::BTreeSet;
@@ -94,6 +96,9 @@ pub struct RawObjectStore {
     pub range_mib: Option<u64>,
     /// Ranged GETs in flight (default 4).
     pub parallel_ranges: Option<usize>,
+    /// AWS profile for credentials and region (default: `$AWS_PROFILE`,
+    /// else `default`), from `~/.aws/credentials` and `~/.aws/config`.
+    pub profile: Option<String>,
 }
 
 /// Validated `[backends]`.
@@ -249,7 +254,11 @@ impl Backends {
                     }
                     cfg.max_in_flight = n;
                 }
-                Some(cfg.resolve_env())
+                cfg.profile = o.profile;
+                Some(
+                    cfg.resolve_env()
+                        .map_err(|e| ("backends.object_store.profile".to_owned(), e))?,
+                )
             }
         };
         Ok(Backends {

@@ -1,6 +1,7 @@
 //! The `object-store` capability: host implementation (through the gate), the
 //! backend trait, and the mock. Read-only: backups are read, never written.
 
+pub mod credentials;
 pub mod live;
 pub mod mock;
 pub mod s3;

@@ -58,6 +58,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use aws_sdk_s3::Client;
+
+use super::credentials;
 use aws_sdk_s3::config::retry::RetryConfig;
 use aws_sdk_s3::config::timeout::TimeoutConfig;
 use aws_sdk_s3::config::{
@@ -78,6 +80,8 @@ use tokio::task::{JoinHandle, JoinSet};
 pub const DEFAULT_RANGE_SIZE: u64 = 8 * 1024 * 1024;
 /// Default number of ranged GETs in flight for one stream.
 pub const DEFAULT_MAX_IN_FLIGHT: usize = 4;
+/// The first ranged GET of a stream (see [`S3Store::open_range`]).
+pub const FIRST_RANGE: u64 = 1024 * 1024;
 /// Default number of retries of one request (so 6 attempts in all).
 pub const DEFAULT_MAX_RETRIES: u32 = 5;
 /// Default `max-keys` of one ListObjectsV2 page (the S3 maximum).
@@ -113,6 +117,14 @@ pub struct S3Config {
     pub secret_access_key: Option<String>,
     /// Session token of temporary credentials.
     pub session_token: Option<String>,
+    /// A `credential_process` command from an AWS profile, run by
+    /// [`S3Store::new`] when no keys are set (see [`super::credentials`]).
+    pub credential_process: Option<String>,
+    /// The AWS profile to read (`None`: `$AWS_PROFILE`, else `default`).
+    pub profile: Option<String>,
+    /// Where the credentials came from, for `drhost doctor` and messages
+    /// ("environment", "profile ops (~/.aws/credentials)", ...).
+    pub credentials_from: Option<String>,
     /// Bytes per ranged GET in [`S3Store::open_stream`]; default 8 MiB.
     pub range_size: u64,
     /// Ranged GETs in flight per stream; default 4.
@@ -132,6 +144,9 @@ impl Default for S3Config {
             access_key_id: None,
             secret_access_key: None,
             session_token: None,
+            credential_process: None,
+            profile: None,
+            credentials_from: None,
             range_size: DEFAULT_RANGE_SIZE,
             max_in_flight: DEFAULT_MAX_IN_FLIGHT,
             max_retries: DEFAULT_MAX_RETRIES,
@@ -151,6 +166,9 @@ impl fmt::Debug for S3Config {
             .field("access_key_id", &self.access_key_id)
             .field("secret_access_key", &redact(&self.secret_access_key))
             .field("session_token", &redact(&self.session_token))
+            .field("credential_process", &self.credential_process)
+            .field("profile", &self.profile)
+            .field("credentials_from", &self.credentials_from)
             .field("range_size", &self.range_size)
             .field("max_in_flight", &self.max_in_flight)
             .field("max_retries", &self.max_retries)
@@ -160,29 +178,30 @@ impl fmt::Debug for S3Config {
 }
 
 impl S3Config {
-    /// Fills the fields left `None` from the environment:
-    /// `AWS_ENDPOINT_URL_S3` (then `AWS_ENDPOINT_URL`), `AWS_REGION` (then
-    /// `AWS_DEFAULT_REGION`, then `us-east-1`), `AWS_ACCESS_KEY_ID`,
-    /// `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`. Empty variables count as
-    /// unset. Values already set are kept.
-    #[must_use]
-    pub fn resolve_env(self) -> Self {
+    /// Fills the fields left `None` from the environment, then from the AWS
+    /// shared files, in the AWS SDKs' order (see [`super::credentials`]):
+    /// endpoint from `AWS_ENDPOINT_URL_S3` (then `AWS_ENDPOINT_URL`); keys
+    /// from `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`,
+    /// else from the profile (`profile`, `$AWS_PROFILE` or `default`: static
+    /// keys or a `credential_process`); region from `AWS_REGION`,
+    /// `AWS_DEFAULT_REGION`, the profile, then `us-east-1`. Empty variables
+    /// count as unset. Values already set are kept.
+    ///
+    /// # Errors
+    /// A profile that was asked for by name and does not exist, a shared
+    /// file that cannot be parsed, or a profile whose credentials drhost
+    /// cannot use (the message says what to write instead).
+    pub fn resolve_env(self) -> Result<Self, String> {
         self.resolve_from(|name| std::env::var(name).ok())
     }
 
     /// [`S3Config::resolve_env`] with `lookup` in place of the environment.
-    fn resolve_from(mut self, lookup: impl Fn(&str) -> Option<String>) -> Self {
+    fn resolve_from(mut self, lookup: impl Fn(&str) -> Option<String>) -> Result<Self, String> {
         let get = |name: &str| lookup(name).filter(|v| !v.trim().is_empty());
         if self.endpoint.is_none() {
             self.endpoint = get("AWS_ENDPOINT_URL_S3").or_else(|| get("AWS_ENDPOINT_URL"));
         }
-        if self.region.is_none() {
-            self.region = Some(
-                get("AWS_REGION")
-                    .or_else(|| get("AWS_DEFAULT_REGION"))
-                    .unwrap_or_else(|| DEFAULT_REGION.to_owned()),
-            );
-        }
+        let explicit_keys = self.access_key_id.is_some() && self.secret_access_key.is_some();
         if self.access_key_id.is_none() {
             self.access_key_id = get("AWS_ACCESS_KEY_ID");
         }
@@ -192,7 +211,76 @@ impl S3Config {
         if self.session_token.is_none() {
             self.session_token = get("AWS_SESSION_TOKEN");
         }
-        self
+        let have_keys = self.access_key_id.is_some() && self.secret_access_key.is_some();
+        if have_keys && self.credentials_from.is_none() {
+            self.credentials_from = Some(
+                if explicit_keys {
+                    "runbook config"
+                } else {
+                    "environment"
+                }
+                .into(),
+            );
+        }
+        let named = self.profile.clone().or_else(|| get("AWS_PROFILE"));
+        let env_region = get("AWS_REGION").or_else(|| get("AWS_DEFAULT_REGION"));
+        // The shared files are read when they can still matter: for keys,
+        // for the region, or because a profile was named (a typo must not
+        // pass silently).
+        if !have_keys || (self.region.is_none() && env_region.is_none()) || named.is_some() {
+            let name = named.clone().unwrap_or_else(|| "default".into());
+            let (creds_file, config_file) = credentials::shared_files(&get);
+            let profile =
+                credentials::load_profile(&name, creds_file.as_deref(), config_file.as_deref())?;
+            match profile {
+                None if named.is_some() => {
+                    let files: Vec<String> = [creds_file, config_file]
+                        .into_iter()
+                        .flatten()
+                        .map(|f| f.display().to_string())
+                        .collect();
+                    return Err(format!(
+                        "AWS profile {name:?} is not in {}",
+                        files.join(" or ")
+                    ));
+                }
+                None => {}
+                Some(profile) => {
+                    if self.region.is_none() && env_region.is_none() {
+                        self.region = profile.region();
+                    }
+                    if !have_keys {
+                        let files: Vec<String> = profile
+                            .files
+                            .iter()
+                            .map(|f| f.display().to_string())
+                            .collect();
+                        let from = format!("profile {name} ({})", files.join(", "));
+                        match profile.credentials()? {
+                            credentials::ProfileCredentials::Static {
+                                access_key_id,
+                                secret_access_key,
+                                session_token,
+                            } => {
+                                self.access_key_id = Some(access_key_id);
+                                self.secret_access_key = Some(secret_access_key);
+                                self.session_token = session_token;
+                                self.credentials_from = Some(from);
+                            }
+                            credentials::ProfileCredentials::Process(cmd) => {
+                                self.credential_process = Some(cmd);
+                                self.credentials_from =
+                                    Some(format!("credential_process of {from}"));
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        if self.region.is_none() {
+            self.region = Some(env_region.unwrap_or_else(|| DEFAULT_REGION.to_owned()));
+        }
+        Ok(self)
     }
 }
 
@@ -417,14 +505,25 @@ fn jitter() -> f64 {
 
 /// Splits `size` bytes into consecutive ranges of `range_size` bytes (the
 /// last one shorter). No ranges for an empty object.
+#[cfg(test)]
 fn plan_ranges(size: u64, range_size: u64) -> Vec<Range<u64>> {
+    plan_ranges_from(0..size, range_size, range_size)
+}
+
+/// Ranges covering `span` in order: the first `first` bytes long (at most
+/// `range_size`), each next one twice the previous, up to `range_size`.
+fn plan_ranges_from(span: Range<u64>, first: u64, range_size: u64) -> Vec<Range<u64>> {
     let range_size = range_size.max(1);
-    (0..size.div_ceil(range_size))
-        .map(|i| {
-            let start = i * range_size;
-            start..(start + range_size).min(size)
-        })
-        .collect()
+    let mut len = first.clamp(1, range_size);
+    let mut ranges = Vec::new();
+    let mut start = span.start;
+    while start < span.end {
+        let end = (start + len).min(span.end);
+        ranges.push(start..end);
+        start = end;
+        len = (len * 2).min(range_size);
+    }
+    ranges
 }
 
 /// The `Range` header for bytes `[start, end)`.
@@ -506,7 +605,9 @@ impl fmt::Debug for S3Store {
 
 impl S3Store {
     /// Checks `cfg` and builds the client. It does not read the environment
-    /// (call [`S3Config::resolve_env`] first for that) and does no I/O.
+    /// (call [`S3Config::resolve_env`] first for that) and does no network
+    /// I/O; it runs the profile's `credential_process` when that is where
+    /// the keys come from.
     ///
     /// # Errors
     ///
@@ -514,7 +615,16 @@ impl S3Store {
     /// `AWS_ACCESS_KEY_ID` and `AWS_SECRET_ACCESS_KEY`), the endpoint is not an
     /// `http(s)://` URL, or `range_size`, `max_in_flight` or `list_page_size`
     /// is 0.
-    pub fn new(cfg: S3Config) -> Result<Self, S3Error> {
+    pub fn new(mut cfg: S3Config) -> Result<Self, S3Error> {
+        if cfg.access_key_id.is_none()
+            && cfg.secret_access_key.is_none()
+            && let Some(cmd) = &cfg.credential_process
+        {
+            let keys = credentials::run_credential_process(cmd).map_err(S3Error::Invalid)?;
+            cfg.access_key_id = Some(keys.access_key_id);
+            cfg.secret_access_key = Some(keys.secret_access_key);
+            cfg.session_token = keys.session_token;
+        }
         let (access_key_id, secret) = match (cfg.access_key_id, cfg.secret_access_key) {
             (Some(a), Some(s)) if !a.is_empty() && !s.is_empty() => (a, s),
             (a, s) => {
@@ -530,9 +640,10 @@ impl S3Store {
                 .flatten()
                 .collect();
                 return Err(S3Error::Invalid(format!(
-                    "no S3 credentials: missing {}; set them in the config or in the \
-                     environment (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, and \
-                     AWS_SESSION_TOKEN for temporary credentials)",
+                    "no S3 credentials: missing {}; set them in the environment \
+                     (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, and AWS_SESSION_TOKEN \
+                     for temporary credentials) or in an AWS profile (AWS_PROFILE, \
+                     ~/.aws/credentials)",
                     missing.join(" and ")
                 )));
             }
@@ -821,8 +932,36 @@ impl S3Store {
     ///
     /// Outside a Tokio runtime (it spawns the background task).
     pub fn open_stream(&self, meta: &ObjectMeta) -> ObjectStream {
-        let ranges = plan_ranges(meta.size, self.settings.range_size);
-        let max_in_flight = self.settings.max_in_flight;
+        self.open_range(meta, 0..meta.size, self.settings.max_in_flight)
+    }
+
+    /// Ranged GETs in flight per stream ([`S3Config::max_in_flight`]).
+    pub fn max_in_flight(&self) -> usize {
+        self.settings.max_in_flight
+    }
+
+    /// Like [`S3Store::open_stream`], for bytes `range` of the object only,
+    /// with at most `max_in_flight` ranged GETs at once (at least 1). Several
+    /// such streams read different parts of one object at once (the restore
+    /// reads one per table), so each gets a share of the memory bound. The
+    /// first range is [`FIRST_RANGE`] and the following ones double up to
+    /// `range_size` (a slow start): the first bytes arrive sooner, and a
+    /// reader that stops early (after a custom archive's TOC) has fetched
+    /// little it does not use.
+    ///
+    /// # Panics
+    ///
+    /// Outside a Tokio runtime (it spawns the background task).
+    pub fn open_range(
+        &self,
+        meta: &ObjectMeta,
+        range: Range<u64>,
+        max_in_flight: usize,
+    ) -> ObjectStream {
+        let end = range.end.min(meta.size);
+        let start = range.start.min(end);
+        let ranges = plan_ranges_from(start..end, FIRST_RANGE, self.settings.range_size);
+        let max_in_flight = max_in_flight.max(1);
         let (tx, rx) = mpsc::channel(max_in_flight);
         let target = Arc::new(meta.clone());
         tracing::debug!(
@@ -834,7 +973,7 @@ impl S3Store {
         );
         let driver = tokio::spawn(drive(self.clone(), target, ranges, max_in_flight, tx));
         ObjectStream {
-            size: meta.size,
+            size: end - start,
             rx: Some(rx),
             progress: Arc::new(AtomicU64::new(0)),
             driver: Some(driver),
@@ -1182,6 +1321,21 @@ mod tests {
     }
 
     #[test]
+    fn ranges_start_small_and_double_up_to_the_range_size() {
+        let got: Vec<(u64, u64)> = plan_ranges_from(100..200, 10, 32)
+            .into_iter()
+            .map(|r| (r.start, r.end))
+            .collect();
+        assert_eq!(
+            got,
+            [(100, 110), (110, 130), (130, 162), (162, 194), (194, 200)]
+        );
+        assert!(plan_ranges_from(5..5, 1, 8).is_empty());
+        // A first range bigger than the range size is clamped to it.
+        assert_eq!(plan_ranges_from(0..20, 64, 8).len(), 3);
+    }
+
+    #[test]
     fn range_header_is_inclusive() {
         assert_eq!(range_header(0, 8), "bytes=0-7");
         assert_eq!(range_header(100, 101), "bytes=100-100");
@@ -1292,17 +1446,87 @@ mod tests {
             access_key_id: Some("mine".into()),
             ..Default::default()
         }
-        .resolve_from(env);
+        .resolve_from(env)
+        .unwrap();
         assert_eq!(cfg.endpoint.as_deref(), Some("http://s3-specific"));
         assert_eq!(cfg.region.as_deref(), Some("eu-west-1"));
         assert_eq!(cfg.access_key_id.as_deref(), Some("mine"));
         assert_eq!(cfg.secret_access_key.as_deref(), Some("SECRET"));
         assert_eq!(cfg.session_token, None, "empty variables are unset");
-        let bare = S3Config::default().resolve_from(|_| None);
+        let bare = S3Config::default().resolve_from(|_| None).unwrap();
         assert_eq!(bare.region.as_deref(), Some(DEFAULT_REGION));
         assert!(
             !format!("{cfg:?}").contains("SECRET"),
             "Debug hides secrets"
+        );
+    }
+
+    #[test]
+    fn keys_and_region_come_from_the_named_profile_when_the_environment_has_none() {
+        let dir = tempfile::tempdir().unwrap();
+        let creds = dir.path().join("credentials");
+        let config = dir.path().join("config");
+        std::fs::write(
+            &creds,
+            "[ops]\naws_access_key_id = AKOPS\naws_secret_access_key = sops\n",
+        )
+        .unwrap();
+        std::fs::write(
+            &config,
+            "[profile ops]\nregion = eu-north-1\n[profile proc]\ncredential_process = printf '{\"Version\":1,\"AccessKeyId\":\"AKPROC\",\"SecretAccessKey\":\"sproc\"}'\n",
+        )
+        .unwrap();
+        let files = |extra: &'static [(&'static str, &'static str)]| {
+            let creds = creds.display().to_string();
+            let config = config.display().to_string();
+            move |k: &str| match k {
+                "AWS_SHARED_CREDENTIALS_FILE" => Some(creds.clone()),
+                "AWS_CONFIG_FILE" => Some(config.clone()),
+                _ => extra
+                    .iter()
+                    .find(|(n, _)| *n == k)
+                    .map(|(_, v)| (*v).to_owned()),
+            }
+        };
+        let ops = S3Config::default()
+            .resolve_from(files(&[("AWS_PROFILE", "ops")]))
+            .unwrap();
+        assert_eq!(ops.access_key_id.as_deref(), Some("AKOPS"));
+        assert_eq!(ops.region.as_deref(), Some("eu-north-1"));
+        assert!(
+            ops.credentials_from
+                .as_deref()
+                .unwrap()
+                .contains("profile ops")
+        );
+        // The environment's keys and region win over the profile's.
+        let env = S3Config::default()
+            .resolve_from(files(&[
+                ("AWS_PROFILE", "ops"),
+                ("AWS_ACCESS_KEY_ID", "AKENV"),
+                ("AWS_SECRET_ACCESS_KEY", "senv"),
+                ("AWS_REGION", "ap-south-1"),
+            ]))
+            .unwrap();
+        assert_eq!(env.access_key_id.as_deref(), Some("AKENV"));
+        assert_eq!(env.region.as_deref(), Some("ap-south-1"));
+        assert_eq!(env.credentials_from.as_deref(), Some("environment"));
+        // A credential_process runs when the store is built.
+        let proc = S3Config {
+            profile: Some("proc".into()),
+            ..Default::default()
+        }
+        .resolve_from(files(&[]))
+        .unwrap();
+        assert!(proc.access_key_id.is_none() && proc.credential_process.is_some());
+        S3Store::new(proc).unwrap();
+        // A named profile that does not exist is an error, not anonymous access.
+        let err = S3Config::default()
+            .resolve_from(files(&[("AWS_PROFILE", "typo")]))
+            .unwrap_err();
+        assert!(
+            err.contains("\"typo\"") && err.contains("credentials"),
+            "{err}"
         );
     }
 
