@@ -310,7 +310,8 @@ fn bad_input_gets_a_clear_error_and_exit_2() {
     // A fixture asking for a live backend that does not exist, or one the
     // runbook does not configure.
     for (live, expected) in [
-        ("[\"k8s\"]", "has no real backend"),
+        ("[\"kafka\"]", "kafka"),
+        ("[\"k8s\"]", "no [backends.k8s]"),
         ("[\"postgres\"]", "no [backends.postgres]"),
     ] {
         let fixture = dir.path().join("live.toml");
@@ -333,13 +334,14 @@ fn bad_input_gets_a_clear_error_and_exit_2() {
         assert!(t.contains(expected), "{live}: expected {expected:?} in {t}");
     }
 
-    // A real run of a plugin that needs Kubernetes, which has no real
-    // backend yet: refused up front, saying what to do.
+    // A real run of a plugin that needs Kubernetes with a runbook that
+    // configures no cluster: refused before the first step, saying what to
+    // add.
     let good_path = dir.path().join("good.toml");
     let out = drhost(&["run", s(&good_path), "--yes"], dir.path());
     let t = text(&out);
     assert_eq!(out.status.code(), Some(2), "{t}");
-    assert!(t.contains("k8s") && t.contains("--mock"), "{t}");
+    assert!(t.contains("[backends.k8s]") && t.contains("--mock"), "{t}");
 }
 
 #[test]

@@ -14,6 +14,7 @@
 
 use std::path::PathBuf;
 
+pub mod fake_kube;
 pub mod s3_server;
 
 include!(concat!(env!("OUT_DIR"), "/plugins.rs"));

@@ -25,13 +25,39 @@
 //! profile = "backups"                # optional AWS profile (default: $AWS_PROFILE, else default)
 //! # credentials: AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY / AWS_SESSION_TOKEN,
 //! # else the profile's keys or credential_process (~/.aws/credentials, ~/.aws/config)
+//!
+//! [backends.k8s]
+//! kubeconfig = "~/.kube/config"      # default: $KUBECONFIG, ~/.kube/config, else in-cluster
+//! context = "prod-eu"                # default: the current context
+//! manifest_dir = "manifests"         # bundles: <dir>/<bundle>.yaml or <dir>/<bundle>/*.yaml
+//! [backends.k8s.secret_sources]      # replace-secret reads these; plugins only name them
+//! db-credentials = { file = "/etc/drhost/db-credentials.yaml" }  # key: value map, or a folder
+//! db-credentials-new = { env = "NEW_DB_CREDENTIALS_JSON" }       # a JSON object
+//!
+//! [backends.health.targets.backend]  # plugins name targets, never URLs
+//! url = "https://api.example.com/health"
+//! expect_status = [200]              # default [200]
+//! body_contains = "ok"               # optional
+//! timeout = "5s"                     # per request
+//! allow_private = false              # loopback/private addresses need this
+//!
+//! [backends.notify.channels.status-page]
+//! url_env = "STATUSPAGE_WEBHOOK_URL" # or url = "..." when it holds no secret
+//! headers_env = { Authorization = "STATUSPAGE_TOKEN" }
+//! shape = "json"                     # or "slack"
+//! required = false                   # default: a failed delivery is audited, not fatal
 //! ```
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::capability::health::live::HealthTarget;
+use crate::capability::k8s::live::{K8sSettings, SecretSource};
 use crate::capability::object_store::s3::S3Config;
+use crate::capability::operator::webhook::{PayloadShape, WebhookChannel};
 use crate::capability::postgres::checks::Validation;
 use crate::capability::postgres::restore::Config as PgConfig;
 
@@ -43,6 +69,97 @@ pub struct RawBackends {
     pub postgres: Option<RawPostgres>,
     /// `[backends.object_store]`.
     pub object_store: Option<RawObjectStore>,
+    /// `[backends.k8s]`.
+    pub k8s: Option<RawK8s>,
+    /// `[backends.health]`.
+    pub health: Option<RawHealth>,
+    /// `[backends.notify]`.
+    pub notify: Option<RawNotify>,
+}
+
+/// `[backends.k8s]` as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawK8s {
+    /// Kubeconfig file (default: `$KUBECONFIG`, `~/.kube/config`, else the
+    /// in-cluster service account).
+    pub kubeconfig: Option<PathBuf>,
+    /// Kubeconfig context (default: the current one).
+    pub context: Option<String>,
+    /// Where manifest bundles live, relative to the runbook (default
+    /// `manifests`).
+    pub manifest_dir: Option<PathBuf>,
+    /// Named secret sources: `name = { file = "..." }` or `{ env = "VAR" }`.
+    #[serde(default)]
+    pub secret_sources: BTreeMap<String, RawSecretSource>,
+}
+
+/// One secret source as written: exactly one of `file` and `env`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSecretSource {
+    /// A YAML/JSON map file, or a directory of one file per key.
+    pub file: Option<PathBuf>,
+    /// An environment variable holding a JSON object.
+    pub env: Option<String>,
+}
+
+/// `[backends.health]` as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHealth {
+    /// Named targets.
+    #[serde(default)]
+    pub targets: BTreeMap<String, RawHealthTarget>,
+}
+
+/// One `[backends.health.targets.NAME]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHealthTarget {
+    /// What to GET.
+    pub url: String,
+    /// Healthy statuses (default `[200]`).
+    pub expect_status: Option<Vec<u16>>,
+    /// A substring the body must contain.
+    pub body_contains: Option<String>,
+    /// Per-request timeout ("5s").
+    pub timeout: Option<String>,
+    /// Allow loopback/private addresses.
+    pub allow_private: Option<bool>,
+}
+
+/// `[backends.notify]` as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawNotify {
+    /// Named webhook channels.
+    #[serde(default)]
+    pub channels: BTreeMap<String, RawChannel>,
+}
+
+/// One `[backends.notify.channels.NAME]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawChannel {
+    /// Webhook URL (when it holds no secret).
+    pub url: Option<String>,
+    /// The environment variable holding the URL (chat webhooks carry their
+    /// secret in the URL).
+    pub url_env: Option<String>,
+    /// Request headers whose values come from environment variables:
+    /// `{ Authorization = "STATUSPAGE_TOKEN" }`.
+    #[serde(default)]
+    pub headers_env: BTreeMap<String, String>,
+    /// `json` (default: `{"text", "channel", "source"}`) or `slack`.
+    pub shape: Option<String>,
+    /// Per-attempt timeout ("5s").
+    pub timeout: Option<String>,
+    /// Allow loopback/private addresses.
+    pub allow_private: Option<bool>,
+    /// Whether a failed delivery fails the call (default false: it is
+    /// audited and the plugin is told it went out best-effort).
+    pub required: Option<bool>,
 }
 
 /// `[backends.postgres]` as written.
@@ -108,6 +225,22 @@ pub struct Backends {
     pub postgres: Option<PostgresSettings>,
     /// The object store, when configured.
     pub object_store: Option<S3Config>,
+    /// Kubernetes, when configured. Relative paths are resolved against the
+    /// runbook's folder by [`Backends::resolve_paths`].
+    pub k8s: Option<K8sSettings>,
+    /// Health targets, when configured.
+    pub health: Option<BTreeMap<String, HealthTarget>>,
+    /// Notification channels, when configured.
+    pub notify: Option<NotifySettings>,
+}
+
+/// Validated `[backends.notify]`.
+#[derive(Debug, Clone, Default)]
+pub struct NotifySettings {
+    /// Channels by name.
+    pub channels: BTreeMap<String, WebhookChannel>,
+    /// Channels whose failed delivery fails the call.
+    pub required: BTreeSet<String>,
 }
 
 /// Validated `[backends.postgres]`.
@@ -261,9 +394,156 @@ impl Backends {
                 )
             }
         };
+        let k8s = raw.k8s.map(validate_k8s).transpose()?;
+        let health = raw.health.map(validate_health).transpose()?;
+        let notify = raw.notify.map(|n| validate_notify(n, &env)).transpose()?;
         Ok(Backends {
             postgres,
             object_store,
+            k8s,
+            health,
+            notify,
         })
     }
+
+    /// Makes the file paths of `[backends]` relative to `base` (the
+    /// runbook's folder) when they are not absolute.
+    pub fn resolve_paths(&mut self, base: &Path) {
+        let fix = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        };
+        if let Some(k) = &mut self.k8s {
+            fix(&mut k.manifest_dir);
+            if let Some(c) = &mut k.kubeconfig {
+                fix(c);
+            }
+            for source in k.secret_sources.values_mut() {
+                if let SecretSource::File(f) = source {
+                    fix(f);
+                }
+            }
+        }
+    }
+}
+
+type FieldError = (String, String);
+
+fn parse_timeout(field: String, value: Option<&str>) -> Result<Duration, FieldError> {
+    let Some(v) = value else {
+        return Ok(Duration::from_secs(5));
+    };
+    match humantime::parse_duration(v) {
+        Ok(d) if !d.is_zero() && d <= Duration::from_secs(300) => Ok(d),
+        Ok(_) => Err((field, format!("must be above 0 and at most 5m, got {v:?}"))),
+        Err(e) => Err((field, format!("is not a duration like \"5s\": {e}"))),
+    }
+}
+
+fn parse_url(field: String, value: &str) -> Result<url::Url, FieldError> {
+    match url::Url::parse(value) {
+        Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => Ok(u),
+        Ok(_) => Err((
+            field,
+            "must be an http:// or https:// URL with a host".into(),
+        )),
+        // The value may be a secret (a webhook URL): not echoed.
+        Err(e) => Err((field, format!("is not a URL: {e}"))),
+    }
+}
+
+fn validate_k8s(k: RawK8s) -> Result<K8sSettings, FieldError> {
+    let mut secret_sources = BTreeMap::new();
+    for (name, src) in k.secret_sources {
+        let field = format!("backends.k8s.secret_sources.{name}");
+        let source = match (src.file, src.env) {
+            (Some(f), None) => SecretSource::File(f),
+            (None, Some(e)) if !e.trim().is_empty() => SecretSource::Env(e),
+            _ => return Err((field, "needs exactly one of `file` and `env`".into())),
+        };
+        secret_sources.insert(name, source);
+    }
+    Ok(K8sSettings {
+        kubeconfig: k.kubeconfig,
+        context: k.context,
+        manifest_dir: k.manifest_dir.unwrap_or_else(|| PathBuf::from("manifests")),
+        secret_sources,
+    })
+}
+
+fn validate_health(h: RawHealth) -> Result<BTreeMap<String, HealthTarget>, FieldError> {
+    let mut targets = BTreeMap::new();
+    for (name, t) in h.targets {
+        let field = |f: &str| format!("backends.health.targets.{name}.{f}");
+        let mut target = HealthTarget::new(parse_url(field("url"), &t.url)?);
+        if let Some(codes) = t.expect_status {
+            if codes.is_empty() || codes.iter().any(|c| !(100..=599).contains(c)) {
+                return Err((
+                    field("expect_status"),
+                    format!("must list HTTP statuses (100-599), got {codes:?}"),
+                ));
+            }
+            target.expect_status = codes;
+        }
+        target.body_contains = t.body_contains;
+        target.timeout = parse_timeout(field("timeout"), t.timeout.as_deref())?;
+        target.allow_private = t.allow_private.unwrap_or(false);
+        targets.insert(name, target);
+    }
+    crate::capability::health::live::LiveHealth::new(targets.clone())
+        .map_err(|e| ("backends.health.targets".to_owned(), e))?;
+    Ok(targets)
+}
+
+fn validate_notify(
+    n: RawNotify,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<NotifySettings, FieldError> {
+    let mut settings = NotifySettings::default();
+    for (name, c) in n.channels {
+        let field = |f: &str| format!("backends.notify.channels.{name}.{f}");
+        let url = match (&c.url, &c.url_env) {
+            (Some(u), None) => parse_url(field("url"), u)?,
+            (None, Some(var)) => match env(var) {
+                Some(u) => parse_url(field("url_env"), &u)?,
+                None => {
+                    return Err((field("url_env"), format!("names ${var}, which is not set")));
+                }
+            },
+            _ => {
+                return Err((
+                    field("url"),
+                    "needs exactly one of `url` and `url_env`".into(),
+                ));
+            }
+        };
+        let mut channel = WebhookChannel::new(url);
+        for (header, var) in c.headers_env {
+            let Some(value) = env(&var) else {
+                return Err((
+                    field(&format!("headers_env.{header}")),
+                    format!("names ${var}, which is not set"),
+                ));
+            };
+            channel.headers.push((header, value));
+        }
+        channel.template = match c.shape.as_deref() {
+            None | Some("json") => PayloadShape::Json,
+            Some("slack") => PayloadShape::Slack,
+            Some(other) => {
+                return Err((
+                    field("shape"),
+                    format!("must be \"json\" or \"slack\", got {other:?}"),
+                ));
+            }
+        };
+        channel.timeout = parse_timeout(field("timeout"), c.timeout.as_deref())?;
+        channel.allow_private = c.allow_private.unwrap_or(false);
+        if c.required.unwrap_or(false) {
+            settings.required.insert(name.clone());
+        }
+        settings.channels.insert(name, channel);
+    }
+    Ok(settings)
 }

@@ -88,6 +88,71 @@ pub enum ExecOp {
         /// Where to write it.
         out: PathBuf,
     },
+    /// `k8s status NAMESPACE NAME`.
+    K8sStatus {
+        /// Namespace.
+        namespace: String,
+        /// Deployment.
+        name: String,
+    },
+    /// `k8s scale NAMESPACE NAME REPLICAS`.
+    K8sScale {
+        /// Namespace.
+        namespace: String,
+        /// Deployment.
+        name: String,
+        /// New replica count.
+        replicas: u32,
+    },
+    /// `k8s rollout-undo NAMESPACE NAME [--to-revision N]`.
+    K8sUndo {
+        /// Namespace.
+        namespace: String,
+        /// Deployment.
+        name: String,
+        /// Target revision (default: the previous one).
+        to_revision: Option<u64>,
+    },
+    /// `k8s wait-ready NAMESPACE NAME`.
+    K8sWaitReady {
+        /// Namespace.
+        namespace: String,
+        /// Deployment.
+        name: String,
+    },
+    /// `k8s apply BUNDLE`.
+    K8sApply {
+        /// Bundle name.
+        bundle: String,
+    },
+    /// `k8s replace-secret NAMESPACE NAME SOURCE`.
+    K8sReplaceSecret {
+        /// Namespace.
+        namespace: String,
+        /// Secret.
+        name: String,
+        /// Secret source name.
+        source: String,
+    },
+    /// `k8s reachable`.
+    K8sReachable,
+    /// `health check TARGET`.
+    HealthCheck {
+        /// Target name.
+        target: String,
+    },
+    /// `health wait TARGET`.
+    HealthWait {
+        /// Target name.
+        target: String,
+    },
+    /// `notify CHANNEL MESSAGE`.
+    Notify {
+        /// Channel name.
+        channel: String,
+        /// Message.
+        message: String,
+    },
 }
 
 impl ExecOp {
@@ -111,6 +176,47 @@ impl ExecOp {
             ExecOp::ObjHead { bucket, key } => Op::ObjHead { bucket, key },
             ExecOp::ObjVerify { bucket, key } => Op::ObjVerify { bucket, key },
             ExecOp::ObjGet { bucket, key, .. } => Op::ObjGet { bucket, key },
+            ExecOp::K8sStatus { namespace, name } => Op::K8sGetDeployment { namespace, name },
+            ExecOp::K8sScale {
+                namespace,
+                name,
+                replicas,
+            } => Op::K8sScale {
+                namespace,
+                name,
+                replicas: *replicas,
+            },
+            ExecOp::K8sUndo {
+                namespace,
+                name,
+                to_revision,
+            } => Op::K8sRolloutUndo {
+                namespace,
+                name,
+                to_revision: *to_revision,
+            },
+            ExecOp::K8sWaitReady { namespace, name } => Op::K8sWaitReady {
+                namespace,
+                name,
+                timeout_ms: 0,
+            },
+            ExecOp::K8sApply { bundle } => Op::K8sApply { bundle },
+            ExecOp::K8sReplaceSecret {
+                namespace,
+                name,
+                source,
+            } => Op::K8sReplaceSecret {
+                namespace,
+                name,
+                source,
+            },
+            ExecOp::K8sReachable => Op::K8sClusterReachable {},
+            ExecOp::HealthCheck { target } => Op::HealthCheck { target },
+            ExecOp::HealthWait { target } => Op::HealthWaitHealthy {
+                target,
+                timeout_ms: 0,
+            },
+            ExecOp::Notify { channel, message } => Op::OperatorNotify { channel, message },
         }
     }
 
@@ -162,7 +268,7 @@ pub async fn exec(
     progress: Progress,
 ) -> Result<ExecOutcome, ExecError> {
     let run_id = crate::runner::new_run_id();
-    let caps = Capabilities::live(&runbook.backends, &run_id, Arc::new(AutoApprove), progress)
+    let caps = Capabilities::live(runbook, &run_id, Arc::new(AutoApprove), progress)
         .map_err(|e| ExecError::Config(runbook.path.clone(), e.0))?;
     let identity = PluginIdentity {
         name: "drhost-exec".into(),
@@ -191,7 +297,14 @@ pub async fn exec(
         deadline: tokio::time::Instant::now() + timeout,
     };
     let trap = |e: wasmtime::Error| ExecError::Gate(format!("{e:#}"));
-    let policy_op = op.op();
+    let mut policy_op = op.op();
+    // Waits are bounded by --timeout: that is what the audit records.
+    let timeout_ms = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
+    if let Op::K8sWaitReady { timeout_ms: t, .. } | Op::HealthWaitHealthy { timeout_ms: t, .. } =
+        &mut policy_op
+    {
+        *t = timeout_ms;
+    }
     let result = match op {
         ExecOp::PgRestore {
             database,
@@ -288,6 +401,108 @@ pub async fn exec(
                     .map_err(trap)?,
             )
         }
+        ExecOp::K8sStatus { namespace, name } => to_json(
+            gate.call(
+                &scope,
+                policy_op,
+                caps.k8s.get_deployment(namespace, name),
+                None,
+            )
+            .await
+            .map_err(trap)?,
+        ),
+        ExecOp::K8sScale {
+            namespace,
+            name,
+            replicas,
+        } => to_json(
+            gate.call(
+                &scope,
+                policy_op,
+                caps.k8s.scale(namespace, name, *replicas),
+                None,
+            )
+            .await
+            .map_err(trap)?
+            .map(|previous| json!({ "previous": previous, "replicas": replicas })),
+        ),
+        ExecOp::K8sUndo {
+            namespace,
+            name,
+            to_revision,
+        } => to_json(
+            gate.call(
+                &scope,
+                policy_op,
+                caps.k8s.rollout_undo(namespace, name, *to_revision),
+                None,
+            )
+            .await
+            .map_err(trap)?
+            .map(|revision| json!({ "revision": revision })),
+        ),
+        ExecOp::K8sWaitReady { namespace, name } => to_json(
+            gate.call(
+                &scope,
+                policy_op,
+                caps.k8s.wait_ready(namespace, name, timeout),
+                None,
+            )
+            .await
+            .map_err(trap)?,
+        ),
+        ExecOp::K8sApply { bundle } => to_json(
+            gate.call(&scope, policy_op, caps.k8s.apply(bundle), None)
+                .await
+                .map_err(trap)?,
+        ),
+        ExecOp::K8sReplaceSecret {
+            namespace,
+            name,
+            source,
+        } => to_json(
+            gate.call(
+                &scope,
+                policy_op,
+                caps.k8s.replace_secret(namespace, name, source),
+                None,
+            )
+            .await
+            .map_err(trap)?
+            .map(|()| json!({ "replaced": format!("{namespace}/{name}") })),
+        ),
+        ExecOp::K8sReachable => to_json(
+            gate.call(&scope, policy_op, caps.k8s.cluster_reachable(), None)
+                .await
+                .map_err(trap)?
+                .map(|version| json!({ "version": version })),
+        ),
+        ExecOp::HealthCheck { target } => to_json(
+            gate.call(&scope, policy_op, caps.health.check(target), None)
+                .await
+                .map_err(trap)?,
+        ),
+        ExecOp::HealthWait { target } => to_json(
+            gate.call(
+                &scope,
+                policy_op,
+                caps.health.wait_healthy(target, timeout),
+                None,
+            )
+            .await
+            .map_err(trap)?,
+        ),
+        ExecOp::Notify { channel, message } => to_json(
+            gate.call(
+                &scope,
+                policy_op,
+                caps.notify.notify(channel, message),
+                None,
+            )
+            .await
+            .map_err(trap)?
+            .map(|()| json!({ "delivered": channel })),
+        ),
     };
     let outcome = match &result {
         Ok(_) => json!({ "outcome": "completed" }),

@@ -213,7 +213,7 @@ pub struct Fixture {
 }
 
 /// Capabilities a fixture may hand to the runbook's real backends.
-pub const LIVE_CAPABILITIES: &[&str] = &["postgres", "object-store"];
+pub use crate::capability::LIVE_CAPABILITIES;
 
 /// `capability.operation` names a fault may target.
 pub const OPERATIONS: &[&str] = &[

@@ -13,6 +13,7 @@ pub mod audit;
 pub mod backends;
 pub mod bindings;
 pub mod capability;
+pub mod doctor;
 pub mod engine;
 pub mod exec;
 pub mod fixture;

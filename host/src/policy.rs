@@ -241,6 +241,13 @@ pub struct RawK8sGrant {
     /// Secret sources the plugin may name.
     #[serde(default)]
     pub secret_sources: Vec<String>,
+    /// Kinds a granted bundle may contain (`ConfigMap`, `Deployment`, ...).
+    #[serde(default)]
+    pub kinds: Vec<String>,
+    /// Namespaces a granted bundle may write to (a `Namespace` object must
+    /// be named here too).
+    #[serde(default)]
+    pub namespaces: Vec<String>,
 }
 
 /// `[grants.postgres]`.
@@ -310,6 +317,44 @@ pub struct K8sGrant {
     pub secrets: BTreeSet<String>,
     /// Allowed secret sources.
     pub secret_sources: BTreeSet<String>,
+    /// Kinds a bundle may contain.
+    pub kinds: BTreeSet<String>,
+    /// Namespaces a bundle may write to.
+    pub namespaces: BTreeSet<String>,
+}
+
+impl K8sGrant {
+    /// Whether one object of a granted bundle may be applied: its kind must
+    /// be in `kinds` and its namespace (or, for a `Namespace`, its name) in
+    /// `namespaces`; other cluster-scoped kinds are never allowed.
+    ///
+    /// # Errors
+    /// What was refused and which grant to change.
+    pub fn bundle_object(&self, kind: &str, namespace: &str, name: &str) -> Result<(), String> {
+        let object = format!("{kind}/{namespace}/{name}");
+        if !self.kinds.contains(kind) {
+            return Err(format!(
+                "bundle object {object}: kind {kind} not granted (granted kinds: {}); add it to [grants.k8s] kinds",
+                list(&self.kinds)
+            ));
+        }
+        let ns = match (kind, namespace) {
+            ("Namespace", "") => name,
+            (_, "") => {
+                return Err(format!(
+                    "bundle object {object}: cluster-scoped {kind} objects are never applied by drhost"
+                ));
+            }
+            (_, ns) => ns,
+        };
+        if !self.namespaces.contains(ns) {
+            return Err(format!(
+                "bundle object {object}: namespace {ns} not granted (granted namespaces: {}); add it to [grants.k8s] namespaces",
+                list(&self.namespaces)
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// Validated `[grants.postgres]`.
@@ -382,6 +427,8 @@ impl Grants {
                 bundles: k.bundles.into_iter().collect(),
                 secrets: qualified("k8s.secrets", k.secrets)?,
                 secret_sources: k.secret_sources.into_iter().collect(),
+                kinds: k.kinds.into_iter().collect(),
+                namespaces: k.namespaces.into_iter().collect(),
             }),
             None => None,
         };

@@ -258,8 +258,9 @@ impl Runbook {
         }
         let grants = Grants::validate(raw.grants)
             .map_err(|(field, problem)| invalid(&format!("grants.{field}"), problem))?;
-        let backends = crate::backends::Backends::validate(raw.backends)
+        let mut backends = crate::backends::Backends::validate(raw.backends)
             .map_err(|(field, problem)| invalid(&field, problem))?;
+        backends.resolve_paths(path.parent().unwrap_or(Path::new(".")));
         Ok(Runbook {
             path: path.to_owned(),
             plugin,

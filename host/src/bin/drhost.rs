@@ -141,6 +141,16 @@ enum Command {
         #[command(subcommand)]
         op: ExecCommand,
     },
+    /// Check that every backend the runbook configures answers and its credentials work, changing nothing.
+    #[command(after_help = EXIT_HELP)]
+    Doctor {
+        /// The runbook config.
+        #[arg(long)]
+        config: PathBuf,
+        /// Print the checks as JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -151,6 +161,54 @@ enum ExecCommand {
     /// Object-store operations.
     #[command(subcommand, name = "object-store")]
     ObjectStore(ObjCommand),
+    /// Kubernetes operations.
+    #[command(subcommand)]
+    K8s(K8sCommand),
+    /// HTTP health checks of the runbook's named targets.
+    #[command(subcommand)]
+    Health(HealthCommand),
+    /// Post MESSAGE to a notification channel of the runbook.
+    Notify { channel: String, message: String },
+}
+
+#[derive(Subcommand)]
+enum K8sCommand {
+    /// Desired/ready/available replicas, revision and images of a deployment.
+    Status { namespace: String, name: String },
+    /// Set a deployment's replicas through the scale subresource; prints the previous count.
+    Scale {
+        namespace: String,
+        name: String,
+        replicas: u32,
+    },
+    /// Roll a deployment back the way `kubectl rollout undo` does.
+    RolloutUndo {
+        namespace: String,
+        name: String,
+        /// Revision to go back to [default: the previous one].
+        #[arg(long)]
+        to_revision: Option<u64>,
+    },
+    /// Wait (a watch, bounded by --timeout) until a deployment is ready.
+    WaitReady { namespace: String, name: String },
+    /// Server-side apply a manifest bundle from the runbook's manifest_dir.
+    Apply { bundle: String },
+    /// Replace a secret's data from a named secret source of the runbook.
+    ReplaceSecret {
+        namespace: String,
+        name: String,
+        source: String,
+    },
+    /// Whether the API server answers; prints its version.
+    Reachable,
+}
+
+#[derive(Subcommand)]
+enum HealthCommand {
+    /// Check TARGET once.
+    Check { target: String },
+    /// Check TARGET with backoff until healthy (bounded by --timeout).
+    Wait { target: String },
 }
 
 #[derive(Subcommand)]
@@ -319,12 +377,45 @@ async fn dispatch(cli: Cli) -> Result<i32, Failure> {
             timeout,
             op,
         } => exec(&config, yes, &audit_dir, &timeout, op).await,
+        Command::Doctor { config, json } => doctor(&config, json).await,
         Command::Audit(AuditCommand::Show { file }) => {
             let records = drhost::audit::read_records(&file).map_err(bad_input)?;
             print!("{}", drhost::audit::render_timeline(&records));
             Ok(0)
         }
     }
+}
+
+async fn doctor(config: &Path, json: bool) -> Result<i32, Failure> {
+    use drhost::doctor::Status;
+    let rb = Runbook::load(config).map_err(bad_input)?;
+    let checks = drhost::doctor::doctor(&rb)
+        .await
+        .map_err(|e| bad_input(anyhow::anyhow!("{}: {e}", config.display())))?;
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&checks).map_err(host_failure)?
+        );
+    } else {
+        for c in &checks {
+            let mark = match c.status {
+                Status::Ok => "ok  ",
+                Status::Warn => "warn",
+                Status::Fail => "FAIL",
+            };
+            println!(
+                "{mark} {:<12} {:<32} {} ({} ms)",
+                c.backend, c.subject, c.detail, c.millis
+            );
+        }
+    }
+    let failed = checks.iter().filter(|c| c.status == Status::Fail).count();
+    if failed > 0 {
+        eprintln!("drhost doctor: {failed} check(s) failed");
+        return Ok(1);
+    }
+    Ok(0)
 }
 
 async fn exec(
@@ -370,6 +461,44 @@ async fn exec(
         ExecCommand::ObjectStore(ObjCommand::Get { bucket, key, out }) => {
             ExecOp::ObjGet { bucket, key, out }
         }
+        ExecCommand::K8s(K8sCommand::Status { namespace, name }) => {
+            ExecOp::K8sStatus { namespace, name }
+        }
+        ExecCommand::K8s(K8sCommand::Scale {
+            namespace,
+            name,
+            replicas,
+        }) => ExecOp::K8sScale {
+            namespace,
+            name,
+            replicas,
+        },
+        ExecCommand::K8s(K8sCommand::RolloutUndo {
+            namespace,
+            name,
+            to_revision,
+        }) => ExecOp::K8sUndo {
+            namespace,
+            name,
+            to_revision,
+        },
+        ExecCommand::K8s(K8sCommand::WaitReady { namespace, name }) => {
+            ExecOp::K8sWaitReady { namespace, name }
+        }
+        ExecCommand::K8s(K8sCommand::Apply { bundle }) => ExecOp::K8sApply { bundle },
+        ExecCommand::K8s(K8sCommand::ReplaceSecret {
+            namespace,
+            name,
+            source,
+        }) => ExecOp::K8sReplaceSecret {
+            namespace,
+            name,
+            source,
+        },
+        ExecCommand::K8s(K8sCommand::Reachable) => ExecOp::K8sReachable,
+        ExecCommand::Health(HealthCommand::Check { target }) => ExecOp::HealthCheck { target },
+        ExecCommand::Health(HealthCommand::Wait { target }) => ExecOp::HealthWait { target },
+        ExecCommand::Notify { channel, message } => ExecOp::Notify { channel, message },
     };
     if op.mutates() && !yes {
         let asked = TtyApprover::if_terminal().is_some();
@@ -527,7 +656,7 @@ async fn execute(
         Some(f) => {
             let mut caps = f.env.capabilities(f.approver(fallback));
             if !f.live.is_empty() {
-                caps.use_live(&f.live, &rb.backends, &run_id, progress.clone(), true)
+                caps.use_live(&f.live, rb, &run_id, progress.clone(), true)
                     .map_err(|e| bad_input(anyhow::anyhow!("{}: {e}", rb.path.display())))?;
                 eprintln!(
                     "live backends from {}: {}",
@@ -538,22 +667,32 @@ async fn execute(
             caps
         }
         None => {
-            let missing: Vec<&str> = plugin
+            // A plugin whose capabilities have no backend in this runbook
+            // would fail at its first call, possibly after mutating steps:
+            // refuse before the first step instead.
+            let configured = |import: &str| match import {
+                "k8s" => rb.backends.k8s.is_some(),
+                "health" => rb.backends.health.is_some(),
+                "postgres" => rb.backends.postgres.is_some(),
+                "object-store" => rb.backends.object_store.is_some(),
+                _ => true,
+            };
+            let missing: Vec<String> = plugin
                 .contract_imports
                 .iter()
-                .map(String::as_str)
-                .filter(|i| matches!(*i, "k8s" | "health"))
+                .filter(|i| !configured(i))
+                .map(|i| format!("[backends.{}]", i.replace('-', "_")))
                 .collect();
             if !missing.is_empty() {
                 return Err(bad_input(anyhow::anyhow!(
-                    "{} imports {}, for which this drhost has no real backend yet (PostgreSQL and S3 are real): \
-                     run it with --mock FIXTURE.toml, where the fixture may set `live = [\"postgres\", \"object-store\"]` \
-                     to use this runbook's real PostgreSQL and S3",
+                    "{} imports capabilities that {} does not configure: add {} to the runbook, \
+                     or run against simulations with --mock FIXTURE.toml",
                     plugin.path.display(),
+                    rb.path.display(),
                     missing.join(" and ")
                 )));
             }
-            Capabilities::live(&rb.backends, &run_id, Arc::from(fallback), progress.clone())
+            Capabilities::live(rb, &run_id, Arc::from(fallback), progress.clone())
                 .map_err(|e| bad_input(anyhow::anyhow!("{}: {e}", rb.path.display())))?
         }
     };

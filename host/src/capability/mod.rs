@@ -15,6 +15,7 @@ pub mod clock;
 pub mod health;
 pub mod k8s;
 pub mod log;
+pub mod net_guard;
 pub mod object_store;
 pub mod operator;
 pub mod postgres;
@@ -70,9 +71,9 @@ impl Capabilities {
     /// `progress` receives the restore's progress.
     ///
     /// # Errors
-    /// An object store that cannot be set up (missing credentials).
+    /// A backend that cannot be set up (missing credentials).
     pub fn live(
-        backends: &crate::backends::Backends,
+        runbook: &crate::runbook::Runbook,
         run_id: &str,
         approver: Arc<dyn operator::Approver>,
         progress: postgres::restore::Progress,
@@ -81,18 +82,13 @@ impl Capabilities {
             "this drhost has no real backend for it yet (use --mock, or a fixture with `live = [...]`)",
             approver,
         );
-        caps.use_live(
-            &["postgres".to_owned(), "object-store".to_owned()],
-            backends,
-            run_id,
-            progress,
-            false,
-        )?;
+        let all: Vec<String> = LIVE_CAPABILITIES.iter().map(|s| (*s).to_owned()).collect();
+        caps.use_live(&all, runbook, run_id, progress, false)?;
         Ok(caps)
     }
 
-    /// Replaces the backends of `names` (`postgres`, `object-store`) with
-    /// the runbook's real ones. With `required`, a name the runbook does not
+    /// Replaces the backends of `names` (see [`LIVE_CAPABILITIES`]) with the
+    /// runbook's real ones. With `required`, a name the runbook does not
     /// configure is an error; otherwise it answers `unavailable`.
     ///
     /// # Errors
@@ -100,11 +96,13 @@ impl Capabilities {
     pub fn use_live(
         &mut self,
         names: &[String],
-        backends: &crate::backends::Backends,
+        runbook: &crate::runbook::Runbook,
         run_id: &str,
         progress: postgres::restore::Progress,
         required: bool,
     ) -> Result<(), LiveError> {
+        install_crypto_provider();
+        let backends = &runbook.backends;
         let store = match &backends.object_store {
             Some(cfg) => Some(Arc::new(
                 object_store::live::LiveObjectStore::new(cfg.clone())
@@ -112,20 +110,22 @@ impl Capabilities {
             )),
             None => None,
         };
+        let missing = |name: &str, section: &str| -> Result<Arc<Unavailable>, LiveError> {
+            if required {
+                Err(LiveError(format!(
+                    "{name} is to be live but the runbook has no [backends.{section}]"
+                )))
+            } else {
+                Ok(Arc::new(Unavailable(format!(
+                    "not configured: add [backends.{section}] to the runbook"
+                ))))
+            }
+        };
         for name in names {
             match name.as_str() {
                 "object-store" => match &store {
                     Some(s) => self.object_store = s.clone(),
-                    None if required => {
-                        return Err(LiveError(
-                            "object-store is to be live but the runbook has no [backends.object_store]".into(),
-                        ));
-                    }
-                    None => {
-                        self.object_store = Arc::new(Unavailable(
-                            "not configured: add [backends.object_store] to the runbook".into(),
-                        ));
-                    }
+                    None => self.object_store = missing(name, "object_store")?,
                 },
                 "postgres" => match &backends.postgres {
                     Some(settings) => {
@@ -136,23 +136,62 @@ impl Capabilities {
                             progress.clone(),
                         ));
                     }
-                    None if required => {
-                        return Err(LiveError(
-                            "postgres is to be live but the runbook has no [backends.postgres]"
-                                .into(),
-                        ));
-                    }
-                    None => {
-                        self.postgres = Arc::new(Unavailable(
-                            "not configured: add [backends.postgres] to the runbook".into(),
-                        ));
-                    }
+                    None => self.postgres = missing(name, "postgres")?,
                 },
-                other => return Err(LiveError(format!("{other:?} has no real backend"))),
+                "k8s" => match &backends.k8s {
+                    Some(settings) => {
+                        let grant = runbook.grants.k8s.clone().unwrap_or_default();
+                        let guard: k8s::live::ObjectGuard =
+                            Arc::new(move |kind: &str, ns: &str, name: &str| {
+                                grant.bundle_object(kind, ns, name)
+                            });
+                        self.k8s = Arc::new(k8s::live::ConnectOnUse::new(settings.clone(), guard));
+                    }
+                    None => self.k8s = missing(name, "k8s")?,
+                },
+                "health" => match &backends.health {
+                    Some(targets) => {
+                        self.health = Arc::new(
+                            health::live::LiveHealth::new(targets.clone())
+                                .map_err(|e| LiveError(format!("[backends.health]: {e}")))?,
+                        );
+                    }
+                    None => self.health = missing(name, "health")?,
+                },
+                "notify" => match &backends.notify {
+                    Some(n) => {
+                        self.notify = Arc::new(operator::webhook::WebhookNotifier::new(
+                            n.channels.clone(),
+                            n.required.clone(),
+                        ));
+                    }
+                    None => self.notify = missing(name, "notify")?,
+                },
+                other => {
+                    return Err(LiveError(format!(
+                        "{other:?} has no real backend (known: {})",
+                        LIVE_CAPABILITIES.join(", ")
+                    )));
+                }
             }
         }
         Ok(())
     }
+}
+
+/// Capabilities with a real backend (`notify` is `operator.notify`).
+pub const LIVE_CAPABILITIES: &[&str] = &["postgres", "object-store", "k8s", "health", "notify"];
+
+/// Makes rustls' ring provider the process default, once. The dependency
+/// graph enables both ring (kube, reqwest) and aws-lc-rs (aws-sdk-s3), and
+/// rustls refuses to guess between two: without a default, the first
+/// client that does not name its provider panics.
+pub fn install_crypto_provider() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        // Err means another default is already installed: that one stays.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    });
 }
 
 /// A backend that is not configured: every call is `unavailable` with the

@@ -2,6 +2,7 @@
 //! backend trait, and the mock. Targets are names from the runbook; the
 //! plugin never sees or chooses a URL.
 
+pub mod live;
 pub mod mock;
 
 use std::time::Duration;

@@ -2,6 +2,7 @@
 //! the gate) and its backends.
 
 mod backend;
+pub mod live;
 pub mod mock;
 
 pub use backend::K8sBackend;

@@ -7,6 +7,7 @@
 
 pub mod approver;
 pub mod mock;
+pub mod webhook;
 
 pub use approver::{
     Approval, ApprovalRequest, Approver, AutoApprove, RefuseApprover, ScriptedApprover, TtyApprover,
@@ -24,6 +25,13 @@ use crate::policy::Op;
 pub trait NotifyBackend: Send + Sync {
     /// Posts `message` to `channel`.
     async fn notify(&self, channel: &str, message: &str) -> Result<(), CapError>;
+    /// Whether a failed delivery to `channel` fails the plugin's call. When
+    /// not, the failure is still audited as the call's outcome, and the
+    /// plugin gets `ok` (a status page being down must not stop a
+    /// recovery). Default: every failure is returned.
+    fn must_deliver(&self, _channel: &str) -> bool {
+        true
+    }
 }
 
 #[async_trait]
@@ -70,7 +78,21 @@ impl Host for PluginCtx {
             message: &message,
         };
         let dry = async { Ok(()) };
-        self.call(op, b.notify(&channel, &message), Some(Box::pin(dry)))
-            .await
+        let result = self
+            .call(op, b.notify(&channel, &message), Some(Box::pin(dry)))
+            .await?;
+        Ok(match result {
+            // Best-effort channel: the audit already holds the failure.
+            Err(CapError::Unavailable(e) | CapError::Failed(e) | CapError::TimedOut(e))
+                if !b.must_deliver(&channel) =>
+            {
+                tracing::warn!(
+                    channel,
+                    "notification not delivered (best-effort channel): {e}"
+                );
+                Ok(())
+            }
+            other => other,
+        })
     }
 }
