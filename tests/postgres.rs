@@ -894,10 +894,20 @@ INSERT INTO candidates SELECT g, 'candidate ' || g FROM generate_series(1, 5000)
 CREATE INDEX candidates_id_flip ON candidates (id flip_ops);
 "#;
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn database_corruption_recovers_a_real_database_from_a_real_bucket() {
+    /// A damaged database (the same content as its backup, with a B-tree
+    /// whose comparison is flipped), its backup in a real bucket, and the
+    /// reference runbook pointing at both.
+    struct Scene {
+        source: Db,
+        target: Db,
+        dir: tempfile::TempDir,
+        s3: S3Server,
+        runbook_text: String,
+    }
+
+    async fn scene(tag: &str) -> Scene {
         let pid = std::process::id();
-        let source = Db(format!("drhost_sc_src_{pid}"));
+        let source = Db(format!("drhost_{tag}_src_{pid}"));
         psql("postgres", &format!("CREATE DATABASE \"{}\"", source.0));
         psql(&source.0, SCHEMA);
         psql(&source.0, BROKEN_ORDER);
@@ -906,7 +916,7 @@ CREATE INDEX candidates_id_flip ON candidates (id flip_ops);
         let gz = gzip(&backup);
 
         // The damaged database: the same content, the comparison flipped.
-        let target = Db(format!("drhost_sc_{pid}"));
+        let target = Db(format!("drhost_{tag}_{pid}"));
         psql("postgres", &format!("CREATE DATABASE \"{}\"", target.0));
         run(
             "pg_restore",
@@ -943,7 +953,6 @@ CREATE INDEX candidates_id_flip ON candidates (id flip_ops);
         )
         .await
         .expect("upload the backup");
-
         let runbook_text = std::fs::read_to_string(
             drhost_tests::repo_root().join("runbooks/database-corruption.toml"),
         )
@@ -955,19 +964,84 @@ CREATE INDEX candidates_id_flip ON candidates (id flip_ops);
                 .expect("utf-8"),
         )
         .replace("\"resume_screening\"", &format!("\"{}\"", target.0));
-        let host = std::env::var("PGHOST").unwrap_or_else(|_| "127.0.0.1".into());
-        let user = std::env::var("PGUSER").unwrap_or_else(|_| "postgres".into());
-        let runbook = dir.path().join("runbook.toml");
-        std::fs::write(
-            &runbook,
-            format!(
-                "{runbook_text}\n[backends.postgres]\nhost = \"{host}\"\nuser = \"{user}\"\njobs = 2\n\n\
-                 [[backends.postgres.validations]]\nname = \"candidates present\"\nsql = \"SELECT count(*) FROM candidates\"\n\n\
-                 [backends.object_store]\nendpoint = \"{}\"\npath_style = true\n",
-                s3.endpoint
+        let runbook_text = format!(
+            "{runbook_text}\n[backends.postgres]\nhost = \"{}\"\nuser = \"{}\"\njobs = 2\n\n\
+             [[backends.postgres.validations]]\nname = \"candidates present\"\nsql = \"SELECT count(*) FROM candidates\"\n\n\
+             [backends.object_store]\nendpoint = \"{}\"\npath_style = true\n",
+            std::env::var("PGHOST").unwrap_or_else(|_| "127.0.0.1".into()),
+            std::env::var("PGUSER").unwrap_or_else(|_| "postgres".into()),
+            s3.endpoint
+        );
+        Scene {
+            source,
+            target,
+            dir,
+            s3,
+            runbook_text,
+        }
+    }
+
+    /// The restored database is intact (amcheck passes without the flipped
+    /// setting) and complete, the damaged one is kept for forensics, and the
+    /// audit log verifies and records the restore's phases.
+    fn assert_recovered(target: &str, audit: &Path) {
+        let kept: Vec<String> = String::from_utf8_lossy(&psql(
+            "postgres",
+            &format!(
+                "COPY (SELECT datname FROM pg_database WHERE datname LIKE '{target}_before_%') TO STDOUT"
             ),
-        )
-        .expect("write runbook");
+        ))
+        .lines()
+        .map(str::to_owned)
+        .collect();
+        assert_eq!(kept.len(), 1, "{kept:?}");
+        let _kept = Db(kept[0].clone());
+        assert_eq!(
+            String::from_utf8_lossy(&psql(
+                target,
+                "COPY (SELECT count(*) FROM candidates) TO STDOUT"
+            )),
+            "5000\n"
+        );
+        // Fails (and panics with the server's message) if amcheck does.
+        psql(
+            target,
+            "SELECT bt_index_check('candidates_id_flip'::regclass)",
+        );
+        let log = std::fs::read_dir(audit)
+            .expect("audit dir")
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .find(|p| p.to_string_lossy().ends_with(".audit.jsonl"))
+            .expect("an audit log");
+        let records = std::fs::read_to_string(&log).expect("audit log");
+        assert!(
+            records.contains("\"phases\""),
+            "no phase timings in the audit"
+        );
+        let verify = Command::new(drhost_tests::drhost_bin())
+            .args(["audit", "verify"])
+            .arg(&log)
+            .output()
+            .expect("audit verify");
+        assert!(
+            verify.status.success(),
+            "{}",
+            String::from_utf8_lossy(&verify.stdout)
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn database_corruption_recovers_a_real_database_from_a_real_bucket() {
+        let Scene {
+            source: _source,
+            target,
+            dir,
+            s3,
+            runbook_text,
+        } = scene("sc").await;
+        let runbook = dir.path().join("runbook.toml");
+        std::fs::write(&runbook, &runbook_text).expect("write runbook");
         let fixture_text = std::fs::read_to_string(
             drhost_tests::repo_root().join("runbooks/fixtures/database-corruption/happy-path.toml"),
         )
@@ -1025,54 +1099,140 @@ CREATE INDEX candidates_id_flip ON candidates (id flip_ops);
             "the corruption was not reported:\n{text}"
         );
 
-        // The damaged database is kept for forensics; the restored one is
-        // intact (amcheck passes without the flipped setting) and complete.
-        let kept: Vec<String> = String::from_utf8_lossy(&psql(
-            "postgres",
-            &format!(
-                "COPY (SELECT datname FROM pg_database WHERE datname LIKE '{}_before_%') TO STDOUT",
-                target.0
+        assert_recovered(&target.0, &audit);
+    }
+
+    /// A local HTTP server: `GET /health` answers 200 "ok"; `POST /hook`
+    /// records the body. Returns its address and the recorded bodies.
+    async fn health_and_webhook() -> (
+        std::net::SocketAddr,
+        std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    ) {
+        use axum::routing::{get, post};
+        let posts = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let recorded = posts.clone();
+        let app = axum::Router::new()
+            .route("/health", get(|| async { "ok" }))
+            .route(
+                "/hook",
+                post(move |body: String| {
+                    let recorded = recorded.clone();
+                    async move {
+                        recorded.lock().expect("lock").push(body);
+                        "ok"
+                    }
+                }),
+            );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        (addr, posts)
+    }
+
+    /// The same scenario with nothing simulated: the fake Kubernetes API
+    /// server (held to kubectl in tests/kubernetes.rs), a real S3 server, the
+    /// real PostgreSQL server, a real health endpoint and webhook; `drhost
+    /// run` with only a runbook config.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn database_corruption_runs_on_every_real_backend() {
+        use drhost_tests::fake_kube::{FakeKube, deployment};
+        let Scene {
+            source: _source,
+            target,
+            dir,
+            s3,
+            runbook_text,
+        } = scene("all").await;
+        let kube = FakeKube::start().await.expect("fake API server");
+        kube.set_ready_delay(std::time::Duration::from_millis(30));
+        kube.insert(deployment(
+            "resume-screening",
+            "backend",
+            3,
+            "rs/backend:1.4",
+        ));
+        kube.insert(deployment(
+            "resume-screening",
+            "celery-worker",
+            2,
+            "rs/worker:1.4",
+        ));
+        let kubeconfig = dir.path().join("kubeconfig");
+        kube.write_kubeconfig(&kubeconfig).expect("kubeconfig");
+        let (http, posts) = health_and_webhook().await;
+        let runbook = dir.path().join("runbook.toml");
+        std::fs::write(
+            &runbook,
+            format!(
+                "{runbook_text}\n[backends.k8s]\nkubeconfig = \"kubeconfig\"\n\n\
+                 [backends.health.targets.backend-api]\nurl = \"http://{http}/health\"\nbody_contains = \"ok\"\nallow_private = true\n\n\
+                 [backends.notify.channels.status-page]\nurl = \"http://{http}/hook\"\nallow_private = true\nrequired = true\n"
             ),
-        ))
-        .lines()
-        .map(str::to_owned)
-        .collect();
-        assert_eq!(kept.len(), 1, "{kept:?}");
-        let _kept = Db(kept[0].clone());
-        assert_eq!(
-            String::from_utf8_lossy(&psql(
-                &target.0,
-                "COPY (SELECT count(*) FROM candidates) TO STDOUT"
-            )),
-            "5000\n"
-        );
-        // Fails (and panics with the server's message) if amcheck does.
-        psql(
-            &target.0,
-            "SELECT bt_index_check('candidates_id_flip'::regclass)",
-        );
-        // The audit log verifies and records the restore's phases.
-        let log = std::fs::read_dir(&audit)
-            .expect("audit dir")
-            .filter_map(Result::ok)
-            .map(|e| e.path())
-            .find(|p| p.to_string_lossy().ends_with(".audit.jsonl"))
-            .expect("an audit log");
-        let records = std::fs::read_to_string(&log).expect("audit log");
-        assert!(
-            records.contains("\"phases\""),
-            "no phase timings in the audit"
-        );
-        let verify = Command::new(drhost_tests::drhost_bin())
-            .args(["audit", "verify"])
-            .arg(&log)
+        )
+        .expect("write runbook");
+
+        let audit = dir.path().join("audit");
+        let mut cmd = tokio::process::Command::new(drhost_tests::drhost_bin());
+        cmd.arg("run")
+            .arg(&runbook)
+            .arg("--yes")
+            .arg("--audit-dir")
+            .arg(&audit)
+            .env("DRHOST_CACHE_DIR", dir.path().join("cache"))
+            .stdin(std::process::Stdio::null());
+        for (k, v) in s3.env() {
+            cmd.env(k, v);
+        }
+        let host = std::env::var("PGHOST").unwrap_or_else(|_| "127.0.0.1".into());
+        let user = std::env::var("PGUSER").unwrap_or_else(|_| "postgres".into());
+        let out = cmd
+            .env("PGHOST", host)
+            .env("PGUSER", user)
             .output()
-            .expect("audit verify");
-        assert!(
-            verify.status.success(),
-            "{}",
-            String::from_utf8_lossy(&verify.stdout)
+            .await
+            .expect("run drhost");
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
         );
+        assert!(out.status.success(), "drhost run failed:\n{text}");
+        assert!(
+            text.contains("corrupt"),
+            "the corruption was not reported:\n{text}"
+        );
+
+        // The services were stopped through the scale subresource and are
+        // back at their previous counts, ready.
+        for (name, replicas) in [("backend", 3), ("celery-worker", 2)] {
+            let d = kube
+                .get("apps/v1", "Deployment", Some("resume-screening"), name)
+                .expect("deployment");
+            assert_eq!(d["spec"]["replicas"], replicas, "{name}");
+            assert_eq!(d["status"]["readyReplicas"], replicas, "{name}");
+        }
+        let scales: Vec<String> = kube
+            .requests()
+            .into_iter()
+            .filter(|(m, p, _)| m != "GET" && p.contains("/scale"))
+            .map(|(m, p, _)| format!("{m} {p}"))
+            .collect();
+        assert_eq!(
+            scales.len(),
+            4,
+            "two scale-downs, two scale-ups: {scales:?}"
+        );
+        assert!(
+            kube.requests().iter().any(|(_, p, _)| p.contains("watch=")),
+            "wait-ready did not watch"
+        );
+        // The status page heard about it.
+        let posts = posts.lock().expect("lock").clone();
+        assert_eq!(posts.len(), 1, "{posts:?}");
+        assert!(posts[0].contains(&target.0), "{posts:?}");
+        assert_recovered(&target.0, &audit);
     }
 }
 
