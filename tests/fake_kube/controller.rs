@@ -244,14 +244,14 @@ fn unready_status(rs_name: &str, generation: i64, replicas: i64, ready: i64) -> 
 }
 
 /// Marks a rollout as complete, if it is still the current one.
-pub(crate) fn mark_ready(store: &mut Store, p: &PendingReady) {
+pub(crate) fn mark_ready(store: &mut Store, p: &PendingReady) -> bool {
     let Some(dep) = store.get(DEPLOYMENTS, &p.ns, &p.name).cloned() else {
-        return;
+        return false;
     };
     if dep["metadata"]["uid"].as_str() != Some(p.uid.as_str())
         || dep["metadata"]["generation"].as_i64().unwrap_or(1) != p.generation
     {
-        return;
+        return false;
     }
     let replicas = replicas_of(&dep);
     let hash = template_hash(&dep["spec"]["template"]);
@@ -282,6 +282,7 @@ pub(crate) fn mark_ready(store: &mut Store, p: &PendingReady) {
         });
         store.write(REPLICASETS, &p.ns, &rs_name, &rs, new);
     }
+    true
 }
 
 /// Forces a deployment's status to "not ready" (for `never_ready`).

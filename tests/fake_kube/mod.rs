@@ -86,6 +86,8 @@ struct Inner {
     faults: Mutex<Vec<Fault>>,
     ready_delay: Mutex<Duration>,
     never_ready: Mutex<HashSet<(String, String)>>,
+    /// When the controller last marked each deployment ready.
+    ready_marks: Mutex<HashMap<(String, String), std::time::Instant>>,
     handle: tokio::runtime::Handle,
     shutdown: watch::Receiver<bool>,
     addr: SocketAddr,
@@ -108,6 +110,7 @@ impl FakeKube {
             faults: Mutex::new(Vec::new()),
             ready_delay: Mutex::new(Duration::from_millis(50)),
             never_ready: Mutex::new(HashSet::new()),
+            ready_marks: Mutex::new(HashMap::new()),
             handle: tokio::runtime::Handle::current(),
             shutdown: shutdown_rx,
             addr,
@@ -236,6 +239,14 @@ impl FakeKube {
         *lock(&self.inner.ready_delay) = d;
     }
 
+    /// When the controller last marked deployment `ns/name` ready (for
+    /// measuring how soon a client notices).
+    pub fn ready_marked_at(&self, ns: &str, name: &str) -> Option<std::time::Instant> {
+        lock(&self.inner.ready_marks)
+            .get(&(ns.to_string(), name.to_string()))
+            .copied()
+    }
+
     /// Keeps deployment `ns/name` unready from now on (its status shows 0 ready replicas).
     pub fn never_ready(&self, ns: &str, name: &str) {
         lock(&self.inner.never_ready).insert((ns.to_string(), name.to_string()));
@@ -278,7 +289,12 @@ impl Inner {
                 return;
             }
             let mut store = lock(&inner.store);
-            controller::mark_ready(&mut store, &p);
+            // Taken before the status is written: no client can have seen
+            // it earlier (the figure errs by the write's microseconds).
+            let marked = std::time::Instant::now();
+            if controller::mark_ready(&mut store, &p) {
+                lock(&inner.ready_marks).insert((p.ns.clone(), p.name.clone()), marked);
+            }
             store.dirty_deployments.clear();
         });
     }
