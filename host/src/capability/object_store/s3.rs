@@ -932,7 +932,12 @@ impl S3Store {
     ///
     /// Outside a Tokio runtime (it spawns the background task).
     pub fn open_stream(&self, meta: &ObjectMeta) -> ObjectStream {
-        self.open_range(meta, 0..meta.size, self.settings.max_in_flight)
+        self.open_range(
+            meta,
+            0..meta.size,
+            self.settings.max_in_flight,
+            self.settings.range_size,
+        )
     }
 
     /// Ranged GETs in flight per stream ([`S3Config::max_in_flight`]).
@@ -940,10 +945,16 @@ impl S3Store {
         self.settings.max_in_flight
     }
 
+    /// Bytes per ranged GET ([`S3Config::range_size`]).
+    pub fn range_size(&self) -> u64 {
+        self.settings.range_size
+    }
+
     /// Like [`S3Store::open_stream`], for bytes `range` of the object only,
-    /// with at most `max_in_flight` ranged GETs at once (at least 1). Several
-    /// such streams read different parts of one object at once (the restore
-    /// reads one per table), so each gets a share of the memory bound. The
+    /// with at most `max_in_flight` ranged GETs (at least 1) of at most
+    /// `range_size` bytes at once. Several such streams read different parts
+    /// of one object at once (the restore reads one per table), so each gets
+    /// a share of the memory bound: `(max_in_flight + 1) * range_size`. The
     /// first range is [`FIRST_RANGE`] and the following ones double up to
     /// `range_size` (a slow start): the first bytes arrive sooner, and a
     /// reader that stops early (after a custom archive's TOC) has fetched
@@ -957,10 +968,12 @@ impl S3Store {
         meta: &ObjectMeta,
         range: Range<u64>,
         max_in_flight: usize,
+        range_size: u64,
     ) -> ObjectStream {
         let end = range.end.min(meta.size);
         let start = range.start.min(end);
-        let ranges = plan_ranges_from(start..end, FIRST_RANGE, self.settings.range_size);
+        let range_size = range_size.max(FIRST_RANGE);
+        let ranges = plan_ranges_from(start..end, FIRST_RANGE, range_size);
         let max_in_flight = max_in_flight.max(1);
         let (tx, rx) = mpsc::channel(max_in_flight);
         let target = Arc::new(meta.clone());

@@ -76,14 +76,23 @@ impl RangeRead for S3Backup {
     }
 
     fn open(&self, range: Range<u64>) -> io::Result<Box<dyn Read + Send>> {
+        // One table's extent of several read at once (one per load
+        // connection): half the in-flight ranges of half the size, so two
+        // such streams hold no more than one whole-object stream
+        // ((2 + 1) * 4 MiB each against (4 + 1) * 8 MiB with the defaults).
         let whole = range.start == 0 && range.end >= self.meta.size;
-        let in_flight = if whole {
-            self.store.max_in_flight()
+        let (in_flight, range_size) = if whole {
+            (self.store.max_in_flight(), self.store.range_size())
         } else {
-            (self.store.max_in_flight() / 2).max(1)
+            (
+                (self.store.max_in_flight() / 2).max(1),
+                self.store.range_size() / 2,
+            )
         };
         let _runtime = self.handle.enter();
-        let stream = self.store.open_range(&self.meta, range, in_flight);
+        let stream = self
+            .store
+            .open_range(&self.meta, range, in_flight, range_size);
         Ok(Box::new(stream.into_blocking_reader(self.handle.clone())))
     }
 }

@@ -17,12 +17,25 @@
 //!             <db> -> <db>_before_<run>, new -> <db>
 //! ```
 //!
-//! **Data load.** Each table's COPY text arrives in pieces of whole rows;
-//! every piece goes to whichever of the N load connections is free, each
-//! running its own `COPY ... FROM STDIN` on that table. A table is thereby
-//! loaded by all N connections at once: unlike `pg_restore -j`, one huge
-//! table does not leave the other connections idle. Rows end up in a
-//! different physical order than in the source, which SQL never promised.
+//! **Data load, ranged** ([`restore_ranged`], an uncompressed custom archive
+//! whose TOC records every data block's offset: what `pg_dump -Fc` writes to
+//! a file, and so what sits in the bucket). The TOC gives each table's byte
+//! extent; the N connections start on the N biggest tables, each reading
+//! its own table's extent with its own ranged reads (S3 ranged GETs from the
+//! TOC offsets, as `pg_restore` seeks in a file) and running its own `COPY`.
+//! A connection whose table is done takes the biggest waiting table, or,
+//! when none is left, joins the unfinished table with the most bytes left,
+//! sharing its pieces. So different tables load side by side (no two
+//! connections contend for one table's extension lock) and the tail is
+//! still shared.
+//!
+//! **Data load, streamed** (gzip-wrapped or plain dumps, archives without
+//! offsets: read front to back). Each table's COPY text arrives in pieces of
+//! whole rows; every piece goes to whichever of the N load connections is
+//! free, each running its own `COPY ... FROM STDIN` on that table. A table
+//! is thereby loaded by all N connections at once: unlike `pg_restore -j`,
+//! one huge table does not leave the other connections idle. Rows end up in
+//! a different physical order than in the source, which SQL never promised.
 //!
 //! **Durability.** Load sessions run with `synchronous_commit = off`; the
 //! swap transaction commits synchronously, which flushes the WAL of all that
