@@ -576,3 +576,117 @@ async fn s3_server_binary_serves_a_directory() {
     child.kill().unwrap();
     child.wait().unwrap();
 }
+
+/// A fake STS: `AssumeRoleWithWebIdentity` with the expected role and token
+/// answers the S3 server's keys (as temporary credentials); anything else
+/// gets STS's `AccessDenied` error document. Counts the calls.
+async fn fake_sts(
+    server: &S3Server,
+    role: &'static str,
+    token: &'static str,
+) -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use axum::routing::post;
+    let calls = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = calls.clone();
+    let (ak, sk) = (server.access_key.clone(), server.secret_key.clone());
+    let app = axum::Router::new().route(
+        "/",
+        post(move |body: String| {
+            let counted = counted.clone();
+            let (ak, sk) = (ak.clone(), sk.clone());
+            async move {
+                counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let ok = body.contains("Action=AssumeRoleWithWebIdentity")
+                    && body.contains(&format!("RoleArn={}", role.replace(':', "%3A").replace('/', "%2F")))
+                    && body.contains(&format!("WebIdentityToken={token}"));
+                if ok {
+                    (
+                        axum::http::StatusCode::OK,
+                        format!(
+                            "<AssumeRoleWithWebIdentityResponse><AssumeRoleWithWebIdentityResult><Credentials>\
+                             <AccessKeyId>{ak}</AccessKeyId><SecretAccessKey>{sk}</SecretAccessKey>\
+                             <SessionToken>session-token</SessionToken><Expiration>2099-01-01T00:00:00Z</Expiration>\
+                             </Credentials></AssumeRoleWithWebIdentityResult></AssumeRoleWithWebIdentityResponse>"
+                        ),
+                    )
+                } else {
+                    (
+                        axum::http::StatusCode::FORBIDDEN,
+                        "<ErrorResponse><Error><Type>Sender</Type><Code>AccessDenied</Code>\
+                         <Message>Not authorized to perform sts:AssumeRoleWithWebIdentity</Message></Error></ErrorResponse>"
+                            .to_owned(),
+                    )
+                }
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (format!("http://{addr}/"), calls)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn web_identity_credentials_come_from_sts_and_are_cached() {
+    let server = S3Server::start().await.unwrap();
+    server.create_bucket("bkt").await.unwrap();
+    server
+        .put_object("bkt", "a", b"hello".to_vec())
+        .await
+        .unwrap();
+    let role = "arn:aws:iam::123456789012:role/drhost";
+    let (sts, calls) = fake_sts(&server, role, "the-oidc-token").await;
+    let dir = tempfile::tempdir().unwrap();
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, "the-oidc-token\n").unwrap();
+    let env = |token_file: String, sts: String| {
+        move |k: &str| match k {
+            "AWS_WEB_IDENTITY_TOKEN_FILE" => Some(token_file.clone()),
+            "AWS_ROLE_ARN" => Some(role.to_owned()),
+            "AWS_ENDPOINT_URL_STS" => Some(sts.clone()),
+            _ => None,
+        }
+    };
+    let base = S3Config {
+        endpoint: Some(server.endpoint.clone()),
+        region: Some(server.region.clone()),
+        path_style: true,
+        ..Default::default()
+    };
+    let cfg = base
+        .clone()
+        .resolve_from_for_tests(env(token_file.display().to_string(), sts.clone()))
+        .unwrap();
+    assert!(cfg.access_key_id.is_none());
+    assert!(
+        cfg.credentials_from
+            .as_deref()
+            .unwrap()
+            .contains("web identity"),
+        "{cfg:?}"
+    );
+    let s3 = S3Store::new(cfg).unwrap();
+    assert_eq!(s3.list("bkt", "").await.unwrap().len(), 1);
+    assert_eq!(s3.head("bkt", "a").await.unwrap().size, 5);
+    assert_eq!(
+        calls.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "the keys are cached until they expire"
+    );
+
+    // A token STS refuses: the S3 call fails naming STS's answer, and the
+    // token is not in the message.
+    std::fs::write(&token_file, "a-stolen-token").unwrap();
+    let (sts2, _) = fake_sts(&server, role, "the-oidc-token").await;
+    let cfg = base
+        .resolve_from_for_tests(env(token_file.display().to_string(), sts2))
+        .unwrap();
+    let err = S3Store::new(cfg)
+        .unwrap()
+        .list("bkt", "")
+        .await
+        .unwrap_err();
+    let msg = err.to_string();
+    assert!(msg.contains("AccessDenied"), "{msg}");
+    assert!(!msg.contains("a-stolen-token"), "{msg}");
+}

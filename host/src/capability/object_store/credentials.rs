@@ -13,7 +13,16 @@
 //!    assumed roles reach drhost: `credential_process = aws configure
 //!    export-credentials --profile NAME --format process`).
 //!
-//! A profile that asks for what drhost does not do itself (`role_arn`,
+//! 3. web identity federation, the way EKS's IAM roles for service accounts
+//!    (IRSA) hand a pod its role: `AWS_WEB_IDENTITY_TOKEN_FILE` and
+//!    `AWS_ROLE_ARN` (and `AWS_ROLE_SESSION_NAME`) in the environment;
+//!    [`WebIdentity`] exchanges the token for temporary keys with STS
+//!    `AssumeRoleWithWebIdentity` (endpoint `AWS_ENDPOINT_URL_STS`, else the
+//!    region's), and the SDK's identity cache asks again before they expire,
+//!    so a restore longer than the keys' lifetime keeps working.
+//!
+//! Not resolved: ECS container credentials and EC2 instance metadata. A
+//! profile that asks for what drhost does not do itself (`role_arn`,
 //! `sso_session`, `web_identity_token_file`) is refused with the
 //! `credential_process` line to use instead, rather than silently ignored.
 //! The region follows the same order: `AWS_REGION`, `AWS_DEFAULT_REGION`,
@@ -246,6 +255,144 @@ pub fn run_credential_process(command: &str) -> Result<ProcessCredentials, Strin
 
 /// One `[name]` of an INI file and its keys.
 type Section = (String, BTreeMap<String, String>);
+
+/// Web identity federation settings (EKS IRSA and other OIDC providers).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WebIdentity {
+    /// The role to assume.
+    pub role_arn: String,
+    /// The file holding the OIDC token (re-read at every exchange: the
+    /// kubelet rotates it).
+    pub token_file: PathBuf,
+    /// `RoleSessionName`, shown in CloudTrail.
+    pub session_name: String,
+    /// The STS endpoint URL.
+    pub sts_endpoint: String,
+}
+
+/// Temporary keys from STS.
+#[derive(Clone)]
+pub struct StsCredentials {
+    /// `AccessKeyId`.
+    pub access_key_id: String,
+    /// `SecretAccessKey`.
+    pub secret_access_key: String,
+    /// `SessionToken`.
+    pub session_token: String,
+    /// When they stop working.
+    pub expiration: std::time::SystemTime,
+}
+
+impl WebIdentity {
+    /// The settings, when `AWS_WEB_IDENTITY_TOKEN_FILE` and `AWS_ROLE_ARN`
+    /// are both set.
+    pub fn from_env(lookup: &dyn Fn(&str) -> Option<String>, region: &str) -> Option<Self> {
+        let token_file = lookup("AWS_WEB_IDENTITY_TOKEN_FILE")?;
+        let role_arn = lookup("AWS_ROLE_ARN")?;
+        Some(WebIdentity {
+            role_arn,
+            token_file: PathBuf::from(token_file),
+            session_name: lookup("AWS_ROLE_SESSION_NAME")
+                .unwrap_or_else(|| format!("drhost-{}", std::process::id())),
+            sts_endpoint: lookup("AWS_ENDPOINT_URL_STS")
+                .unwrap_or_else(|| format!("https://sts.{region}.amazonaws.com")),
+        })
+    }
+
+    /// One `AssumeRoleWithWebIdentity` call (unsigned: the token is the
+    /// proof).
+    ///
+    /// # Errors
+    /// The token file cannot be read, STS cannot be reached, or it refuses
+    /// (its code and message are quoted; the token never is).
+    pub async fn assume(&self) -> Result<StsCredentials, String> {
+        let token = std::fs::read_to_string(&self.token_file)
+            .map_err(|e| format!("web identity token file {}: {e}", self.token_file.display()))?;
+        let body = url::form_urlencoded::Serializer::new(String::new())
+            .append_pair("Action", "AssumeRoleWithWebIdentity")
+            .append_pair("Version", "2011-06-15")
+            .append_pair("RoleArn", &self.role_arn)
+            .append_pair("RoleSessionName", &self.session_name)
+            .append_pair("WebIdentityToken", token.trim())
+            .finish();
+        let what = format!(
+            "STS AssumeRoleWithWebIdentity for {} at {}",
+            self.role_arn, self.sts_endpoint
+        );
+        let response = reqwest::Client::builder()
+            .timeout(std::time::Duration::from_secs(15))
+            .build()
+            .map_err(|e| format!("{what}: {e}"))?
+            .post(&self.sts_endpoint)
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(body)
+            .send()
+            .await
+            .map_err(|e| format!("{what}: {e}"))?;
+        let status = response.status();
+        let text = response.text().await.map_err(|e| format!("{what}: {e}"))?;
+        let tag = |name: &str| {
+            let open = format!("<{name}>");
+            let close = format!("</{name}>");
+            let start = text.find(&open)? + open.len();
+            let len = text[start..].find(&close)?;
+            Some(text[start..start + len].trim().to_owned())
+        };
+        if !status.is_success() {
+            return Err(format!(
+                "{what}: {status}: {} {}",
+                tag("Code").unwrap_or_default(),
+                tag("Message").unwrap_or_default()
+            ));
+        }
+        match (
+            tag("AccessKeyId"),
+            tag("SecretAccessKey"),
+            tag("SessionToken"),
+            tag("Expiration"),
+        ) {
+            (Some(access_key_id), Some(secret_access_key), Some(session_token), Some(exp)) => {
+                let expiration = humantime::parse_rfc3339_weak(exp.trim_end_matches('Z'))
+                    .map_err(|e| format!("{what}: bad Expiration {exp:?}: {e}"))?;
+                Ok(StsCredentials {
+                    access_key_id,
+                    secret_access_key,
+                    session_token,
+                    expiration,
+                })
+            }
+            _ => Err(format!("{what}: the answer holds no credentials")),
+        }
+    }
+}
+
+/// [`WebIdentity`] as the S3 client's credentials provider: called when the
+/// SDK's identity cache is empty or about to expire.
+#[derive(Debug)]
+pub struct WebIdentityProvider(pub WebIdentity);
+
+impl aws_credential_types::provider::ProvideCredentials for WebIdentityProvider {
+    fn provide_credentials<'a>(
+        &'a self,
+    ) -> aws_credential_types::provider::future::ProvideCredentials<'a>
+    where
+        Self: 'a,
+    {
+        aws_credential_types::provider::future::ProvideCredentials::new(async move {
+            let c =
+                self.0.assume().await.map_err(
+                    aws_credential_types::provider::error::CredentialsError::provider_error,
+                )?;
+            Ok(aws_credential_types::Credentials::new(
+                c.access_key_id,
+                c.secret_access_key,
+                Some(c.session_token),
+                Some(c.expiration),
+                "drhost-web-identity",
+            ))
+        })
+    }
+}
 
 /// Sections of an INI file as the AWS CLI writes them: `[section]`,
 /// `key = value`, `#` and `;` comments. Nested (indented) sub-keys, used

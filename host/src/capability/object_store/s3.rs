@@ -59,6 +59,8 @@ use std::time::Duration;
 
 use aws_sdk_s3::Client;
 
+use aws_sdk_s3::config::SharedCredentialsProvider;
+
 use super::credentials;
 use aws_sdk_s3::config::retry::RetryConfig;
 use aws_sdk_s3::config::timeout::TimeoutConfig;
@@ -122,6 +124,9 @@ pub struct S3Config {
     pub credential_process: Option<String>,
     /// The AWS profile to read (`None`: `$AWS_PROFILE`, else `default`).
     pub profile: Option<String>,
+    /// Web identity federation (EKS IRSA), used when nothing above gave
+    /// keys: the S3 client asks STS, and again before the keys expire.
+    pub web_identity: Option<credentials::WebIdentity>,
     /// Where the credentials came from, for `drhost doctor` and messages
     /// ("environment", "profile ops (~/.aws/credentials)", ...).
     pub credentials_from: Option<String>,
@@ -146,6 +151,7 @@ impl Default for S3Config {
             session_token: None,
             credential_process: None,
             profile: None,
+            web_identity: None,
             credentials_from: None,
             range_size: DEFAULT_RANGE_SIZE,
             max_in_flight: DEFAULT_MAX_IN_FLIGHT,
@@ -168,6 +174,7 @@ impl fmt::Debug for S3Config {
             .field("session_token", &redact(&self.session_token))
             .field("credential_process", &self.credential_process)
             .field("profile", &self.profile)
+            .field("web_identity", &self.web_identity)
             .field("credentials_from", &self.credentials_from)
             .field("range_size", &self.range_size)
             .field("max_in_flight", &self.max_in_flight)
@@ -193,6 +200,19 @@ impl S3Config {
     /// cannot use (the message says what to write instead).
     pub fn resolve_env(self) -> Result<Self, String> {
         self.resolve_from(|name| std::env::var(name).ok())
+    }
+
+    /// [`S3Config::resolve_env`] with `lookup` in place of the environment
+    /// (for tests that must not change the process's environment).
+    ///
+    /// # Errors
+    /// As [`S3Config::resolve_env`].
+    #[doc(hidden)]
+    pub fn resolve_from_for_tests(
+        self,
+        lookup: impl Fn(&str) -> Option<String>,
+    ) -> Result<Self, String> {
+        self.resolve_from(lookup)
     }
 
     /// [`S3Config::resolve_env`] with `lookup` in place of the environment.
@@ -279,6 +299,16 @@ impl S3Config {
         }
         if self.region.is_none() {
             self.region = Some(env_region.unwrap_or_else(|| DEFAULT_REGION.to_owned()));
+        }
+        let keyless = self.access_key_id.is_none()
+            && self.secret_access_key.is_none()
+            && self.credential_process.is_none();
+        if keyless {
+            let region = self.region.clone().unwrap_or_default();
+            if let Some(w) = credentials::WebIdentity::from_env(&get, &region) {
+                self.credentials_from = Some(format!("web identity (role {})", w.role_arn));
+                self.web_identity = Some(w);
+            }
         }
         Ok(self)
     }
@@ -625,9 +655,26 @@ impl S3Store {
             cfg.secret_access_key = Some(keys.secret_access_key);
             cfg.session_token = keys.session_token;
         }
-        let (access_key_id, secret) = match (cfg.access_key_id, cfg.secret_access_key) {
-            (Some(a), Some(s)) if !a.is_empty() && !s.is_empty() => (a, s),
-            (a, s) => {
+        let web_identity = cfg
+            .web_identity
+            .take()
+            .filter(|_| cfg.access_key_id.is_none() && cfg.secret_access_key.is_none());
+        let keys = (cfg.access_key_id.take(), cfg.secret_access_key.take());
+        let credentials = match (keys, web_identity) {
+            (_, Some(w)) => {
+                crate::capability::install_crypto_provider();
+                SharedCredentialsProvider::new(credentials::WebIdentityProvider(w))
+            }
+            ((Some(a), Some(s)), None) if !a.is_empty() && !s.is_empty() => {
+                SharedCredentialsProvider::new(Credentials::new(
+                    a,
+                    s,
+                    cfg.session_token.take(),
+                    None,
+                    "drhost-s3-config",
+                ))
+            }
+            ((a, s), None) => {
                 let missing: Vec<&str> = [
                     a.filter(|v| !v.is_empty())
                         .is_none()
@@ -642,8 +689,9 @@ impl S3Store {
                 return Err(S3Error::Invalid(format!(
                     "no S3 credentials: missing {}; set them in the environment \
                      (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, and AWS_SESSION_TOKEN \
-                     for temporary credentials) or in an AWS profile (AWS_PROFILE, \
-                     ~/.aws/credentials)",
+                     for temporary credentials), in an AWS profile (AWS_PROFILE, \
+                     ~/.aws/credentials), or use web identity (AWS_WEB_IDENTITY_TOKEN_FILE \
+                     and AWS_ROLE_ARN)",
                     missing.join(" and ")
                 )));
             }
@@ -662,17 +710,9 @@ impl S3Store {
             )));
         }
         let region = cfg.region.unwrap_or_else(|| DEFAULT_REGION.to_owned());
-        let credentials = Credentials::new(
-            access_key_id,
-            secret,
-            cfg.session_token,
-            None,
-            "drhost-s3-config",
-        );
         let mut builder = aws_sdk_s3::Config::builder()
             .behavior_version(BehaviorVersion::latest())
             .region(Region::new(region))
-            .credentials_provider(credentials)
             .force_path_style(cfg.path_style)
             .retry_config(RetryConfig::disabled())
             .timeout_config(
@@ -683,6 +723,7 @@ impl S3Store {
             )
             .response_checksum_validation(ResponseChecksumValidation::WhenRequired)
             .request_checksum_calculation(RequestChecksumCalculation::WhenRequired);
+        builder = builder.credentials_provider(credentials);
         if let Some(endpoint) = cfg.endpoint {
             builder = builder.endpoint_url(endpoint);
         }
