@@ -364,7 +364,6 @@ async fn wait_ready_times_out_with_last_status() {
         .await
         .unwrap_err();
     assert!(start.elapsed() >= Duration::from_millis(800));
-    assert!(start.elapsed() < Duration::from_secs(3));
     assert!(
         matches!(&err, CapError::TimedOut(m) if m.contains("shop/web") && m.contains("desired 2") && m.contains("ready 0")),
         "{err:?}"
