@@ -32,23 +32,44 @@ fn s(p: &Path) -> &str {
 }
 
 #[test]
-fn every_database_corruption_fixture_passes_drhost_test() {
+fn every_fixture_of_every_scenario_passes_drhost_test() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let wasm = plugin("database-corruption");
-    let fixtures = repo_root().join("runbooks/fixtures/database-corruption");
-    let mut count = 0;
-    for entry in std::fs::read_dir(&fixtures).expect("fixtures dir") {
-        let path = entry.expect("entry").path();
-        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
-        if !name.ends_with(".toml") || name.contains("runbook") {
-            continue;
+    for scenario in [
+        "cluster-failure",
+        "database-corruption",
+        "app-rollback",
+        "security-breach",
+    ] {
+        let wasm = plugin(scenario);
+        let fixtures = repo_root().join("runbooks/fixtures").join(scenario);
+        let mut count = 0;
+        for entry in std::fs::read_dir(&fixtures).expect("fixtures dir") {
+            let path = entry.expect("entry").path();
+            let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+            if !name.ends_with(".toml") || name.contains("runbook") {
+                continue;
+            }
+            let out = drhost(&["test", s(&wasm), "--fixture", s(&path)], dir.path());
+            assert_eq!(
+                out.status.code(),
+                Some(0),
+                "{scenario}/{name}:\n{}",
+                text(&out)
+            );
+            assert!(
+                text(&out).contains("PASS"),
+                "{scenario}/{name}:\n{}",
+                text(&out)
+            );
+            count += 1;
         }
-        let out = drhost(&["test", s(&wasm), "--fixture", s(&path)], dir.path());
-        assert_eq!(out.status.code(), Some(0), "{name}:\n{}", text(&out));
-        assert!(text(&out).contains("PASS"), "{name}:\n{}", text(&out));
-        count += 1;
+        // A happy path and at least four failure paths (a step failing, a
+        // timeout, a denied call, an unhealthy result).
+        assert!(
+            count >= 5,
+            "{scenario}: expected at least 5 fixtures, found {count}"
+        );
     }
-    assert!(count >= 5, "expected at least 5 fixtures, found {count}");
 }
 
 #[test]
@@ -242,7 +263,7 @@ fn bad_input_gets_a_clear_error_and_exit_2() {
         ),
         (
             "pin.toml",
-            good.replace("database-corruption@^0.1", "database-corruption@^2"),
+            good.replace("database-corruption@^1.0", "database-corruption@^2"),
             "requires database-corruption@^2",
         ),
         (

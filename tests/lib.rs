@@ -148,6 +148,7 @@ pub mod support {
         audit_dir: &Path,
         dry_run: bool,
     ) -> RunReport {
+        fixture.env.enforce_bundle_grants(&rb.grants);
         let caps = fixture
             .env
             .capabilities(fixture.approver(Box::new(AutoApprove)));
@@ -155,6 +156,8 @@ pub mod support {
             audit_dir: audit_dir.to_owned(),
             dry_run,
             run_id: None,
+            clock: drhost::sim::RunClock::Real,
+            simulation: Some(fixture.path.display().to_string()),
         };
         runner::run(engine, plugin, rb, caps, options, Arc::new(NullObserver))
             .await

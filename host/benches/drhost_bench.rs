@@ -154,10 +154,7 @@ async fn bench() {
         audit,
     ));
     let deadline = tokio::time::Instant::now() + Duration::from_secs(3600);
-    let scope = StepScope {
-        step: "bench".into(),
-        deadline,
-    };
+    let scope = StepScope::new("bench", deadline);
     let mut samples = Vec::new();
     for _ in 0..if only_gate { 1 } else { 2000 } {
         let t = Instant::now();
@@ -166,7 +163,7 @@ async fn bench() {
             engine.engine(),
             PluginCtx::for_step(gate.clone(), scope.clone(), 64 << 20, &output),
         );
-        runner::arm_store(&mut store, deadline.into_std());
+        runner::arm_store(&mut store, runner::real_time_fence(deadline.into_std()));
         let inst = p
             .pre
             .instantiate_async(&mut store)
@@ -273,6 +270,8 @@ async fn bench() {
             audit_dir: tmp.join(format!("mb{i}")),
             dry_run: false,
             run_id: None,
+            clock: drhost::sim::RunClock::Real,
+            simulation: None,
         };
         let r = runner::run(&engine, &mbp, &mb_rb, caps, opts, Arc::new(NullObserver))
             .await

@@ -414,7 +414,7 @@ impl Serialize for Ts {
 /// the epoch and fails after year 9999). A clock that far off shows up in
 /// the log as 1970 or 9999.
 fn clamped_now() -> SystemTime {
-    let now = SystemTime::now();
+    let now = crate::sim::now();
     let max = UNIX_EPOCH + Duration::from_secs(MAX_TS_SECS);
     if now < UNIX_EPOCH {
         UNIX_EPOCH

@@ -292,10 +292,7 @@ pub async fn exec(
         "exec": format!("{op:?}"),
         "operator": crate::capability::operator::approver::operator_name(),
     })))?;
-    let scope = StepScope {
-        step: "exec".into(),
-        deadline: tokio::time::Instant::now() + timeout,
-    };
+    let scope = StepScope::new("exec", tokio::time::Instant::now() + timeout);
     let trap = |e: wasmtime::Error| ExecError::Gate(format!("{e:#}"));
     let mut policy_op = op.op();
     // Waits are bounded by --timeout: that is what the audit records.

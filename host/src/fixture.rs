@@ -6,6 +6,8 @@
 //! runbook = "../../database-corruption.toml"   # grants and params for `drhost test`
 //! [operator]
 //! confirm = [false]          # answers to operator.confirm, in order
+//! answers = ["phishing"]     # answers to operator.ask, in order
+//! think_time = "3m"          # each scripted confirm/ask answer takes this long
 //! approve_steps = true       # answer to mutating-step approvals
 //! [[k8s.deployments]]
 //! namespace = "resume-screening"
@@ -140,6 +142,11 @@ pub struct OperatorFixture {
     pub confirm: Option<Vec<bool>>,
     /// Answer to mutating-step approvals (absent: the run's approver).
     pub approve_steps: Option<bool>,
+    /// Answers to `operator.ask`, in order (then the run's approver).
+    pub answers: Option<Vec<String>>,
+    /// How long the operator takes to answer each scripted `confirm` or
+    /// `ask` ("3m"; simulated time in drills).
+    pub think_time: Option<String>,
 }
 
 /// `[expect]`: what `drhost test` checks.
@@ -177,6 +184,17 @@ pub struct MockEnv {
 }
 
 impl MockEnv {
+    /// Holds the simulated cluster to the runbook's bundle grants (`kinds`,
+    /// `namespaces`) as the live backend is: an applied bundle with an
+    /// object outside them is denied before anything is applied.
+    pub fn enforce_bundle_grants(&self, grants: &crate::policy::Grants) {
+        let grant = grants.k8s.clone().unwrap_or_default();
+        self.k8s
+            .set_object_guard(Arc::new(move |kind: &str, ns: &str, name: &str| {
+                grant.bundle_object(kind, ns, name)
+            }));
+    }
+
     /// Capabilities backed by these mocks.
     pub fn capabilities(&self, approver: Arc<dyn Approver>) -> Capabilities {
         Capabilities {
@@ -210,6 +228,8 @@ pub struct Fixture {
     /// (`live = ["postgres", "object-store"]`): a drill against staging
     /// databases with the rest simulated.
     pub live: Vec<String>,
+    /// `[operator] think_time`.
+    pub think_time: Duration,
 }
 
 /// Capabilities a fixture may hand to the runbook's real backends.
@@ -303,7 +323,10 @@ impl Fixture {
             notify: Arc::new(MockNotify::new(raw.notify, faults, log.clone())),
             log,
         };
+        let think_time =
+            parse_opt_duration(&raw.operator.think_time, "operator.think_time").map_err(invalid)?;
         Ok(Fixture {
+            think_time,
             path: path.to_owned(),
             description: raw.description.unwrap_or_default(),
             runbook: raw
@@ -329,14 +352,19 @@ impl Fixture {
     /// The approver for a run on this fixture: its scripted answers first,
     /// then `fallback`.
     pub fn approver(&self, fallback: Box<dyn Approver>) -> Arc<dyn Approver> {
-        if self.operator.confirm.is_none() && self.operator.approve_steps.is_none() {
+        let o = &self.operator;
+        if o.confirm.is_none() && o.approve_steps.is_none() && o.answers.is_none() {
             return Arc::from(fallback);
         }
-        Arc::new(ScriptedApprover::new(
-            self.operator.confirm.clone().unwrap_or_default(),
-            self.operator.approve_steps,
-            fallback,
-        ))
+        Arc::new(
+            ScriptedApprover::new(
+                o.confirm.clone().unwrap_or_default(),
+                o.answers.clone().unwrap_or_default(),
+                o.approve_steps,
+                fallback,
+            )
+            .with_think_time(self.think_time),
+        )
     }
 }
 

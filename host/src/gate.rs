@@ -20,7 +20,9 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use serde::Serialize;
 use serde_json::value::RawValue;
@@ -43,15 +45,114 @@ pub type SimFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, CapError>> + S
 pub struct StepScope {
     /// Step id.
     pub step: String,
-    /// The step's deadline.
-    pub deadline: tokio::time::Instant,
+    /// The step's deadline (extended while the operator is asked).
+    pub deadline: Arc<StepDeadline>,
 }
 
 impl StepScope {
+    /// A scope for `step` whose time box closes at `deadline`.
+    pub fn new(step: impl Into<String>, deadline: tokio::time::Instant) -> StepScope {
+        StepScope {
+            step: step.into(),
+            deadline: Arc::new(StepDeadline::new(deadline)),
+        }
+    }
+
     /// Time left in the step (zero once past the deadline).
     pub fn remaining(&self) -> Duration {
         self.deadline
+            .at()
             .saturating_duration_since(tokio::time::Instant::now())
+    }
+}
+
+/// A step's deadline. Time spent waiting for the operator (`confirm`,
+/// `ask`) does not count against the budget: while a wait is open the
+/// deadline moves with the clock ([`StepDeadline::at`] stays ahead of now
+/// by what was left when the wait began, at least [`PAUSED_RECHECK`]), and
+/// when it closes the deadline is pushed back by the wait's length.
+#[derive(Debug)]
+pub struct StepDeadline {
+    state: Mutex<DeadlineState>,
+}
+
+#[derive(Debug)]
+struct DeadlineState {
+    at: tokio::time::Instant,
+    /// Open operator waits, and when the first of them began.
+    waits: u32,
+    paused_since: Option<tokio::time::Instant>,
+}
+
+/// While the operator is being asked, how often a deadline is re-read by
+/// those waiting on it.
+pub const PAUSED_RECHECK: Duration = Duration::from_secs(1);
+
+impl StepDeadline {
+    /// A deadline at `at`.
+    pub fn new(at: tokio::time::Instant) -> StepDeadline {
+        StepDeadline {
+            state: Mutex::new(DeadlineState {
+                at,
+                waits: 0,
+                paused_since: None,
+            }),
+        }
+    }
+
+    /// The deadline now: fixed, or while the operator is asked, ahead of
+    /// the clock by what was left when the wait began.
+    pub fn at(&self) -> tokio::time::Instant {
+        let s = lock(&self.state);
+        match s.paused_since {
+            Some(since) => {
+                let left = s.at.saturating_duration_since(since).max(PAUSED_RECHECK);
+                tokio::time::Instant::now() + left
+            }
+            None => s.at,
+        }
+    }
+
+    /// The original deadline passed during the current operator wait.
+    pub fn budget_passed_while_paused(&self) -> bool {
+        let s = lock(&self.state);
+        s.paused_since.is_some() && tokio::time::Instant::now() >= s.at
+    }
+
+    /// When the time box would close if the current wait ended now (the
+    /// fixed deadline when no wait is open).
+    pub fn unpaused_at(&self) -> tokio::time::Instant {
+        let s = lock(&self.state);
+        match s.paused_since {
+            Some(since) => s.at + since.elapsed(),
+            None => s.at,
+        }
+    }
+
+    /// Starts an operator wait; the deadline is extended by its length when
+    /// the guard drops.
+    pub fn operator_wait(self: &Arc<Self>) -> OperatorWait {
+        let mut s = lock(&self.state);
+        s.waits += 1;
+        if s.waits == 1 {
+            s.paused_since = Some(tokio::time::Instant::now());
+        }
+        OperatorWait(self.clone())
+    }
+}
+
+/// An open operator wait (see [`StepDeadline::operator_wait`]).
+pub struct OperatorWait(Arc<StepDeadline>);
+
+impl Drop for OperatorWait {
+    fn drop(&mut self) {
+        let mut s = lock(&self.0.state);
+        s.waits = s.waits.saturating_sub(1);
+        if s.waits == 0
+            && let Some(since) = s.paused_since.take()
+        {
+            s.at += since.elapsed();
+        }
     }
 }
 
@@ -264,7 +365,10 @@ impl Gate {
             .step(request.step.clone())
             .call("operator", "approval")
             .args(json!({ "kind": request.kind, "question": request.question }))
-            .outcome(json!({ "approved": answer.approved, "by": answer.by }));
+            .outcome(match &answer.text {
+                Some(text) => json!({ "approved": answer.approved, "by": answer.by, "text": text }),
+                None => json!({ "approved": answer.approved, "by": answer.by }),
+            });
         self.record_durable(event).map_err(|e| {
             CapError::Failed(format!("cannot record the approval in the audit log: {e}"))
         })?;
@@ -381,7 +485,12 @@ impl Gate {
         } else {
             self.call_timeout.min(scope.remaining())
         };
-        let result = match tokio::time::timeout(limit, real).await {
+        let timed = if class.waits_for_operator() {
+            Ok(self.wait_for_operator(scope, real).await?)
+        } else {
+            tokio::time::timeout(limit, real).await
+        };
+        let result = match timed {
             Ok(r) => r,
             Err(_) => Err(CapError::TimedOut(format!(
                 "{}.{} did not answer within {} ({})",
@@ -420,6 +529,37 @@ impl Gate {
         }
         self.finish(scope, &class, args, status, detail, started);
         Ok(result)
+    }
+
+    /// Awaits an answer from the operator with no time limit: the wait
+    /// extends the step's deadline (see [`StepDeadline`]). When the step's
+    /// budget runs out meanwhile, the operator is reminded once (console and
+    /// audit); the step is not stopped.
+    async fn wait_for_operator<T>(
+        &self,
+        scope: &StepScope,
+        answer: impl Future<Output = Result<T, CapError>>,
+    ) -> wasmtime::Result<Result<T, CapError>> {
+        let budget_end = scope.deadline.unpaused_at();
+        let _wait = scope.deadline.operator_wait();
+        let mut answer = std::pin::pin!(answer);
+        let mut reminded = false;
+        loop {
+            tokio::select! {
+                r = &mut answer => return Ok(r),
+                () = tokio::time::sleep_until(budget_end), if !reminded => {
+                    reminded = true;
+                    let msg = format!(
+                        "step {}: its time box has run out while waiting for the operator; \
+                         this is a reminder, not a stop (the wait does not count against the budget)",
+                        scope.step
+                    );
+                    self.observer.warning(&msg);
+                    self.record(Event::new(EventKind::Note).step(scope.step.as_str()).message(msg))
+                        .map_err(trap)?;
+                }
+            }
+        }
     }
 
     fn finish(

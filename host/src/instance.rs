@@ -65,10 +65,7 @@ impl PluginCtx {
         output: &StepOutput,
         deadline: tokio::time::Instant,
     ) -> PluginCtx {
-        let scope = StepScope {
-            step: "describe".into(),
-            deadline,
-        };
+        let scope = StepScope::new("describe", deadline);
         Self::build(None, caps, scope, memory_limit, output)
     }
 

@@ -22,6 +22,8 @@ pub mod instance;
 pub mod mock_faults;
 pub mod plugin;
 pub mod policy;
+pub mod recovery_report;
 pub mod report;
 pub mod runbook;
 pub mod runner;
+pub mod sim;

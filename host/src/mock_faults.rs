@@ -125,7 +125,7 @@ impl Faults {
             (f.latency, f.hang, f.error.clone())
         };
         if !latency.is_zero() {
-            tokio::time::sleep(latency).await;
+            crate::sim::sleep(latency).await;
         }
         if hang {
             std::future::pending::<()>().await;

@@ -366,7 +366,10 @@ async fn describe(
         engine.engine(),
         PluginCtx::for_describe(caps, memory_limit, &output, deadline),
     );
-    crate::runner::arm_store(&mut store, deadline.into_std());
+    crate::runner::arm_store(
+        &mut store,
+        crate::runner::real_time_fence(std::time::Instant::now() + DESCRIBE_BUDGET),
+    );
     let call = async {
         let scenario = pre.instantiate_async(&mut store).await?;
         scenario.call_describe(&mut store).await

@@ -96,6 +96,9 @@ pub enum Op<'a> {
     OperatorConfirm {
         question: &'a str,
     },
+    OperatorAsk {
+        question: &'a str,
+    },
     OperatorNotify {
         channel: &'a str,
         message: &'a str,
@@ -141,6 +144,14 @@ pub struct OpClass {
     pub effect: Effect,
 }
 
+impl OpClass {
+    /// Calls that wait for a person (`operator.confirm`, `operator.ask`):
+    /// no time limit, and the wait does not count against the step's budget.
+    pub fn waits_for_operator(&self) -> bool {
+        self.capability == "operator" && matches!(self.operation, "confirm" | "ask")
+    }
+}
+
 impl Op<'_> {
     /// Calls that take as long as their work (a restore, waiting for pods or
     /// health): bounded by what is left of the step's budget, not by the
@@ -181,6 +192,7 @@ impl Op<'_> {
             Op::HealthWaitHealthy { .. } => ("health", "wait-healthy", Read),
             // Asking a person changes nothing; the answer is audited.
             Op::OperatorConfirm { .. } => ("operator", "confirm", Read),
+            Op::OperatorAsk { .. } => ("operator", "ask", Read),
             Op::OperatorNotify { .. } => ("operator", "notify", Mutate),
             Op::StateGet { .. } => ("state", "get", Internal),
             Op::StateSet { .. } => ("state", "set", Internal),
@@ -597,6 +609,7 @@ impl Grants {
                 Ok(())
             }
             Op::OperatorConfirm { .. }
+            | Op::OperatorAsk { .. }
             | Op::StateGet { .. }
             | Op::StateSet { .. }
             | Op::StateDelete { .. }

@@ -10,7 +10,7 @@
 //! ```toml
 //! [plugin]
 //! path = "../plugins/target/wasm32-wasip2/release/database_corruption.wasm"
-//! require = "database-corruption@^0.1"   # name@semver-requirement
+//! require = "database-corruption@^1.0"   # name@semver-requirement
 //! sha256 = "…"                            # optional pin of the exact build
 //!
 //! [run]
@@ -102,7 +102,7 @@ pub struct RawRunbook {
 pub struct RawPlugin {
     /// Path to the `.wasm` component, relative to the config file.
     pub path: String,
-    /// `name@semver-requirement`, e.g. `database-corruption@^0.1`.
+    /// `name@semver-requirement`, e.g. `database-corruption@^1.0`.
     pub require: String,
     /// Optional sha256 (hex) of the exact component file.
     pub sha256: Option<String>,
@@ -275,7 +275,7 @@ impl Runbook {
     }
 }
 
-/// Parses `name@requirement` (`database-corruption@^0.1`); a bare name
+/// Parses `name@requirement` (`database-corruption@^1.0`); a bare name
 /// accepts any version.
 ///
 /// # Errors

@@ -16,7 +16,9 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
+
+use tokio::time::Instant;
 
 use serde::Serialize;
 use serde_json::json;
@@ -31,6 +33,7 @@ use crate::gate::{CallRecord, CallStatus, Gate, GateConfig, StepScope};
 use crate::instance::{PluginCtx, StepOutput};
 use crate::plugin::Plugin;
 use crate::runbook::{Runbook, fmt_duration};
+use crate::sim::RunClock;
 
 /// Where progress goes (the CLI's console, or nothing in tests).
 pub trait RunObserver: Send + Sync {
@@ -81,6 +84,11 @@ pub struct RunOptions {
     pub dry_run: bool,
     /// Run id (generated when `None`).
     pub run_id: Option<String>,
+    /// Real or simulated time (see [`crate::sim`]).
+    pub clock: RunClock,
+    /// The simulated environment, when the backends are mocks: the fixture
+    /// file and its description (recorded in the audit log for reports).
+    pub simulation: Option<String>,
 }
 
 /// How a step ended.
@@ -236,18 +244,26 @@ pub fn new_run_id() -> String {
 }
 
 /// Arms a store's guest-CPU fence: the memory limiter, and an epoch
-/// callback that yields to the executor every tick (so the wall-clock
-/// timeout can fire) and traps once `deadline` has passed.
-pub fn arm_store(store: &mut Store<PluginCtx>, deadline: Instant) {
+/// callback that yields to the executor every tick (so the step's timeout
+/// can fire) and traps once `past_deadline` says so.
+pub fn arm_store(
+    store: &mut Store<PluginCtx>,
+    past_deadline: impl Fn() -> bool + Send + Sync + 'static,
+) {
     store.limiter(|c| &mut c.limits);
     store.set_epoch_deadline(1);
     store.epoch_deadline_callback(move |_| {
-        if Instant::now() >= deadline {
+        if past_deadline() {
             Ok(UpdateDeadline::Interrupt)
         } else {
             Ok(UpdateDeadline::Yield(1))
         }
     });
+}
+
+/// A CPU fence at a fixed real-time instant.
+pub fn real_time_fence(deadline: std::time::Instant) -> impl Fn() -> bool + Send + Sync + 'static {
+    move || std::time::Instant::now() >= deadline
 }
 
 /// Turns a trap into a sentence for the operator, with the plugin's stderr.
@@ -385,6 +401,11 @@ pub async fn run(
         "rto_ms": rto.as_millis() as u64,
         "dry_run": options.dry_run,
         "operator": crate::capability::operator::approver::operator_name(),
+        "clock": match options.clock {
+            RunClock::Real => json!({ "simulated": false }),
+            RunClock::Simulated { time_scale } => json!({ "simulated": true, "time_scale": time_scale }),
+        },
+        "simulation": options.simulation,
     })))?;
 
     let total = plugin.info.steps.len();
@@ -418,6 +439,7 @@ pub async fn run(
                     *budget,
                     &params,
                     runbook.memory_limit_bytes,
+                    options.clock,
                 )
                 .await?
             }
@@ -518,6 +540,7 @@ async fn approve_step(gate: &Gate, info: &StepInfo) -> Option<StepStatus> {
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn run_step(
     engine: &crate::engine::DrEngine,
     plugin: &Plugin,
@@ -526,24 +549,47 @@ async fn run_step(
     budget: Duration,
     params: &[(String, String)],
     memory_limit: usize,
+    clock: RunClock,
 ) -> Result<StepReport, RunError> {
     let started = Instant::now();
-    let deadline = tokio::time::Instant::now() + budget;
-    let scope = StepScope {
-        step: info.id.clone(),
-        deadline,
-    };
+    let scope = StepScope::new(info.id.clone(), started + budget);
+    let deadline = scope.deadline.clone();
     let output = StepOutput::default();
     let mut store = Store::new(
         engine.engine(),
         PluginCtx::for_step(gate.clone(), scope, memory_limit, &output),
     );
-    arm_store(&mut store, deadline.into_std());
+    match clock {
+        // The deadline moves while the operator is asked.
+        RunClock::Real => {
+            let d = deadline.clone();
+            arm_store(&mut store, move || {
+                std::time::Instant::now() >= d.at().into_std()
+            });
+        }
+        // Virtual time does not pass while the guest computes: fence its
+        // CPU in real time.
+        RunClock::Simulated { time_scale } => arm_store(
+            &mut store,
+            real_time_fence(std::time::Instant::now() + crate::sim::cpu_fence(budget, time_scale)),
+        ),
+    }
     let call = async {
         let scenario = plugin.pre.instantiate_async(&mut store).await?;
         scenario.call_run_step(&mut store, &info.id, params).await
     };
-    let result = tokio::time::timeout_at(deadline, call).await;
+    let result = {
+        let mut call = std::pin::pin!(call);
+        loop {
+            let at = deadline.at();
+            match tokio::time::timeout_at(at, &mut call).await {
+                Ok(r) => break Ok(r),
+                // Extended (the operator was asked) or still waiting for them.
+                Err(_) if deadline.at() > at => continue,
+                Err(e) => break Err(e),
+            }
+        }
+    };
     drop(store);
     let elapsed = started.elapsed();
     let timed_out = || {

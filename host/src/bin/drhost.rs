@@ -31,6 +31,7 @@ use drhost::runbook::{Runbook, fmt_duration};
 use drhost::runner::{
     self, RunObserver, RunOptions, RunOutcome, RunReport, StepReport, StepStatus,
 };
+use drhost::sim::RunClock;
 
 const EXIT_HELP: &str = "\
 Exit codes:
@@ -39,7 +40,8 @@ Exit codes:
      a test expectation failed, or an audit log did not verify
   2  bad input: runbook config, fixture, or plugin refused at load
   3  host failure: audit log unwritable, engine or cache unusable
-  4  the plugin halted the scenario on purpose (e.g. the operator refused a data loss)";
+  4  the plugin halted the scenario on purpose (e.g. the operator refused a data loss)
+  5  a drill completed but took longer than the RTO";
 
 /// Runs disaster-recovery scenarios as sandboxed WebAssembly plugins.
 #[derive(Parser)]
@@ -59,6 +61,30 @@ struct Cli {
     no_cache: bool,
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum ReportFormat {
+    Md,
+    Html,
+    Json,
+}
+
+impl ReportFormat {
+    fn extension(self) -> &'static str {
+        match self {
+            ReportFormat::Md => "md",
+            ReportFormat::Html => "html",
+            ReportFormat::Json => "json",
+        }
+    }
+    fn render(self, report: &drhost::recovery_report::RecoveryReport) -> Result<String, Failure> {
+        Ok(match self {
+            ReportFormat::Md => report.to_markdown(),
+            ReportFormat::Html => report.to_html(),
+            ReportFormat::Json => report.to_json().map_err(host_failure)?,
+        })
+    }
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -104,6 +130,47 @@ enum Command {
         /// Print the run report as JSON on stdout.
         #[arg(long)]
         json: bool,
+        /// With --mock: simulated seconds per real second (60 plays an hour in a minute), or `max` (no waiting).
+        #[arg(long, value_name = "N|max", default_value = "max")]
+        time_scale: String,
+    },
+    /// A DR drill: run the scenario with --yes against a simulation (--mock) or the runbook's
+    /// real backends, measure every step against its budget and the whole against the RTO, and
+    /// write the recovery report.
+    Drill {
+        /// The runbook config (.toml).
+        runbook: PathBuf,
+        /// Simulate the disaster with this fixture (its latency model sets the simulated times).
+        #[arg(long, value_name = "FIXTURE")]
+        mock: Option<PathBuf>,
+        /// With --mock: simulated seconds per real second (60 plays an hour in a minute), or `max` (no waiting).
+        #[arg(long, value_name = "N|max", default_value = "max")]
+        time_scale: String,
+        /// Directory for audit logs and run state.
+        #[arg(long, default_value = "drhost-audit")]
+        audit_dir: PathBuf,
+        /// Directory for the report files [default: the audit directory].
+        #[arg(long)]
+        report_dir: Option<PathBuf>,
+        /// Report formats to write, comma-separated.
+        #[arg(
+            long,
+            value_enum,
+            value_delimiter = ',',
+            default_value = "html,md,json"
+        )]
+        format: Vec<ReportFormat>,
+    },
+    /// The recovery report of a run from its audit log: timeline against budgets and RTO, calls, approvals, denials, backup age vs RPO, chain verification.
+    Report {
+        /// The audit log (.audit.jsonl).
+        audit: PathBuf,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = ReportFormat::Md)]
+        format: ReportFormat,
+        /// Write to this file instead of stdout.
+        #[arg(long, short = 'o')]
+        out: Option<PathBuf>,
     },
     /// Run a plugin against mocks seeded from a fixture and check the fixture's [expect].
     #[command(after_help = EXIT_HELP)]
@@ -274,18 +341,28 @@ fn host_failure(e: impl Into<anyhow::Error>) -> Failure {
 fn main() {
     let cli = Cli::parse();
     init_logging(cli.verbose, cli.log_format);
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .worker_threads(2)
-        .build()
-    {
+    let clock = match run_clock(&cli.command) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("drhost: error: {e}");
+            std::process::exit(2);
+        }
+    };
+    let rt = match clock {
+        RunClock::Simulated { time_scale } => drhost::sim::simulated_runtime(time_scale),
+        RunClock::Real => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .worker_threads(2)
+            .build(),
+    };
+    let rt = match rt {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("drhost: cannot start the async runtime: {e}");
             std::process::exit(3);
         }
     };
-    let code = match rt.block_on(dispatch(cli)) {
+    let code = match rt.block_on(dispatch(cli, clock)) {
         Ok(code) => code,
         Err(Failure(code, e)) => {
             eprintln!("drhost: error: {e:#}");
@@ -313,7 +390,51 @@ fn init_logging(verbose: u8, format: LogFormat) {
     }
 }
 
-async fn dispatch(cli: Cli) -> Result<i32, Failure> {
+/// The clock of a command: simulated for runs whose every backend is a mock
+/// (see `drhost::sim`), real otherwise.
+fn run_clock(command: &Command) -> Result<RunClock, String> {
+    let (fixture, time_scale) = match command {
+        Command::Run {
+            mock, time_scale, ..
+        }
+        | Command::Drill {
+            mock, time_scale, ..
+        } => (mock.as_deref(), Some(time_scale.as_str())),
+        Command::Test { fixture, .. } => (Some(fixture.as_path()), None),
+        _ => return Ok(RunClock::Real),
+    };
+    let time_scale = match time_scale {
+        Some(t) => drhost::sim::parse_time_scale(t)?,
+        None => None,
+    };
+    let Some(fixture) = fixture else {
+        if time_scale.is_some() {
+            return Err(
+                "--time-scale paces a simulation: it needs --mock FIXTURE (real backends run in real time)"
+                    .into(),
+            );
+        }
+        return Ok(RunClock::Real);
+    };
+    // A fixture that cannot be read is reported by the command itself; one
+    // with real backends (`live = [...]`) must run in real time.
+    match Fixture::load(fixture) {
+        Ok(f) if f.live.is_empty() => Ok(RunClock::Simulated { time_scale }),
+        Ok(f) => {
+            if time_scale.is_some() {
+                return Err(format!(
+                    "--time-scale: fixture {} uses real backends ({}), which run in real time",
+                    fixture.display(),
+                    f.live.join(", ")
+                ));
+            }
+            Ok(RunClock::Real)
+        }
+        Err(_) => Ok(RunClock::Real),
+    }
+}
+
+async fn dispatch(cli: Cli, clock: RunClock) -> Result<i32, Failure> {
     let verbose = cli.verbose;
     let cache_dir = if cli.no_cache {
         None
@@ -331,6 +452,7 @@ async fn dispatch(cli: Cli) -> Result<i32, Failure> {
             yes,
             audit_dir,
             json,
+            time_scale: _,
         } => {
             let engine = engine()?;
             let rb = Runbook::load(&runbook).map_err(bad_input)?;
@@ -349,6 +471,7 @@ async fn dispatch(cli: Cli) -> Result<i32, Failure> {
                 &audit_dir,
                 verbose,
                 false,
+                clock,
             )
             .await?;
             if json {
@@ -364,7 +487,54 @@ async fn dispatch(cli: Cli) -> Result<i32, Failure> {
             fixture,
             runbook,
             audit_dir,
-        } => test(&engine()?, &plugin, &fixture, runbook, audit_dir, verbose).await,
+        } => {
+            test(
+                &engine()?,
+                &plugin,
+                &fixture,
+                runbook,
+                audit_dir,
+                verbose,
+                clock,
+            )
+            .await
+        }
+        Command::Drill {
+            runbook,
+            mock,
+            time_scale: _,
+            audit_dir,
+            report_dir,
+            format,
+        } => {
+            let engine = engine()?;
+            drill(
+                &engine,
+                &runbook,
+                mock.as_deref(),
+                &audit_dir,
+                report_dir.as_deref().unwrap_or(&audit_dir),
+                &format,
+                verbose,
+                clock,
+            )
+            .await
+        }
+        Command::Report { audit, format, out } => {
+            let report =
+                drhost::recovery_report::RecoveryReport::from_audit(&audit).map_err(bad_input)?;
+            let text = format.render(&report)?;
+            match out {
+                Some(path) => {
+                    std::fs::write(&path, text)
+                        .with_context(|| format!("cannot write the report to {}", path.display()))
+                        .map_err(host_failure)?;
+                    eprintln!("report written to {}", path.display());
+                }
+                None => print!("{text}"),
+            }
+            Ok(0)
+        }
         Command::Audit(AuditCommand::Verify { file }) => {
             let report = drhost::audit::verify(&file).map_err(bad_input)?;
             println!("{report}");
@@ -642,6 +812,7 @@ async fn execute(
     audit_dir: &Path,
     verbose: u8,
     testing: bool,
+    clock: RunClock,
 ) -> Result<RunReport, Failure> {
     let fallback: Box<dyn Approver> = if yes || testing {
         Box::new(AutoApprove)
@@ -654,6 +825,7 @@ async fn execute(
     let progress = Progress::default();
     let caps = match fixture {
         Some(f) => {
+            f.env.enforce_bundle_grants(&rb.grants);
             let mut caps = f.env.capabilities(f.approver(fallback));
             if !f.live.is_empty() {
                 caps.use_live(&f.live, rb, &run_id, progress.clone(), true)
@@ -709,6 +881,8 @@ async fn execute(
         audit_dir: audit_dir.to_owned(),
         dry_run,
         run_id: Some(run_id),
+        clock,
+        simulation: fixture.map(|f| format!("{} ({})", f.path.display(), f.description)),
     };
     runner::run(engine, plugin, rb, caps, options, observer)
         .await
@@ -918,6 +1092,7 @@ async fn test(
     runbook: Option<PathBuf>,
     audit_dir: Option<PathBuf>,
     verbose: u8,
+    clock: RunClock,
 ) -> Result<i32, Failure> {
     let fixture = Fixture::load(fixture_path).map_err(bad_input)?;
     let Some(expect) = fixture.expect.clone() else {
@@ -954,6 +1129,7 @@ async fn test(
         &dir,
         verbose,
         true,
+        clock,
     )
     .await;
     let report = report?;
@@ -978,6 +1154,70 @@ async fn test(
         Ok(1)
     }
 }
+
+/// `drhost drill`: the scenario with --yes (a fixture's scripted answers
+/// first), then the recovery report from the audit log in each format.
+#[allow(clippy::too_many_arguments)]
+async fn drill(
+    engine: &DrEngine,
+    runbook: &Path,
+    mock: Option<&Path>,
+    audit_dir: &Path,
+    report_dir: &Path,
+    formats: &[ReportFormat],
+    verbose: u8,
+    clock: RunClock,
+) -> Result<i32, Failure> {
+    let rb = Runbook::load(runbook).map_err(bad_input)?;
+    let fixture = match mock {
+        Some(f) => Some(Fixture::load(f).map_err(bad_input)?),
+        None => None,
+    };
+    let plugin = load_for(engine, &rb, &rb.plugin.path).await?;
+    if let RunClock::Simulated { time_scale } = clock {
+        eprintln!(
+            "drill on simulated time ({}): the report shows simulated durations",
+            match time_scale {
+                Some(s) => format!("time scale {s}: {s} simulated seconds per real second"),
+                None => "time scale max: no real waiting".to_owned(),
+            }
+        );
+    }
+    let report = execute(
+        engine,
+        &plugin,
+        &rb,
+        fixture.as_ref(),
+        false,
+        true,
+        audit_dir,
+        verbose,
+        false,
+        clock,
+    )
+    .await?;
+    eprint!("{}", drhost::report::render(&report));
+    let recovery = drhost::recovery_report::RecoveryReport::from_audit(&report.audit_path)
+        .map_err(host_failure)?;
+    std::fs::create_dir_all(report_dir)
+        .with_context(|| format!("cannot create report directory {}", report_dir.display()))
+        .map_err(host_failure)?;
+    for f in formats {
+        let path = report_dir.join(format!("{}.drill.{}", report.run_id, f.extension()));
+        std::fs::write(&path, f.render(&recovery)?)
+            .with_context(|| format!("cannot write {}", path.display()))
+            .map_err(host_failure)?;
+        eprintln!("  drill report: {}", path.display());
+    }
+    eprintln!("  {}", recovery.verdict());
+    Ok(match exit_code(&report.outcome) {
+        0 if !recovery.within_rto() => EXIT_RTO_EXCEEDED,
+        code => code,
+    })
+}
+
+/// A drill that completed but overran its RTO.
+const EXIT_RTO_EXCEEDED: i32 = 5;
 
 /// A temporary directory removed on drop (no extra dependency for one use).
 struct TempDir(PathBuf);
@@ -1108,15 +1348,18 @@ impl RunObserver for Console {
     }
 
     fn approval(&self, request: &ApprovalRequest, answer: &Approval) {
+        let verdict = match &answer.text {
+            Some(text) if answer.approved && text.is_empty() => {
+                "answered \"\" (nothing)".to_owned()
+            }
+            Some(text) if answer.approved => format!("answered {text:?}"),
+            Some(_) => "NOT ANSWERED".to_owned(),
+            None if answer.approved => "approved".to_owned(),
+            None => "REFUSED".to_owned(),
+        };
         self.line(&format!(
-            "    ? {} -> {} by {}",
-            request.question,
-            if answer.approved {
-                "approved"
-            } else {
-                "REFUSED"
-            },
-            answer.by
+            "    ? {} -> {verdict} by {}",
+            request.question, answer.by
         ));
     }
 

@@ -1,7 +1,7 @@
 //! The `clock` capability: wall-clock time, and sleeping inside the step's
 //! budget.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, UNIX_EPOCH};
 
 use crate::bindings::CapError;
 use crate::bindings::clock::Host;
@@ -11,7 +11,7 @@ use crate::policy::Op;
 impl Host for PluginCtx {
     async fn now_ms(&mut self) -> wasmtime::Result<Result<u64, CapError>> {
         let now = async {
-            Ok(SystemTime::now()
+            Ok(crate::sim::now()
                 .duration_since(UNIX_EPOCH)
                 .unwrap_or_default()
                 .as_millis() as u64)
@@ -30,7 +30,7 @@ impl Host for PluginCtx {
                     crate::runbook::fmt_duration(left)
                 )));
             }
-            tokio::time::sleep(wanted).await;
+            crate::sim::sleep(wanted).await;
             Ok(())
         };
         self.call(Op::ClockSleep { ms }, sleep, None).await

@@ -572,7 +572,7 @@ mod tests {
     fn describe_matches_the_runbook() {
         let info = DatabaseCorruption::describe();
         assert_eq!(info.name, "database-corruption");
-        assert_eq!(info.version, "0.1.0");
+        assert_eq!(info.version, "1.0.0");
         assert_eq!(info.rto_ms, 42 * 60_000);
         let ids: Vec<&str> = info.steps.iter().map(|s| s.id.as_str()).collect();
         assert_eq!(

@@ -125,7 +125,9 @@ impl HealthBackend for MockHealth {
     async fn check(&self, target: &str) -> Result<CheckResult, CapError> {
         self.log.record(format!("health.check {target}"));
         self.faults.inject("health.check").await?;
-        Ok(self.answer(target)?.0)
+        let (r, _) = self.answer(target)?;
+        crate::sim::sleep(Duration::from_millis(r.latency_ms)).await;
+        Ok(r)
     }
 
     async fn wait_healthy(&self, target: &str, timeout: Duration) -> Result<CheckResult, CapError> {
@@ -134,6 +136,7 @@ impl HealthBackend for MockHealth {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
             let (r, more) = self.answer(target)?;
+            crate::sim::sleep(Duration::from_millis(r.latency_ms)).await;
             if r.healthy {
                 return Ok(r);
             }
@@ -153,7 +156,7 @@ impl HealthBackend for MockHealth {
                     r.detail
                 )));
             }
-            tokio::time::sleep(self.interval).await;
+            crate::sim::sleep(self.interval).await;
         }
     }
 }

@@ -4,7 +4,9 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use async_trait::async_trait;
 use serde::Deserialize;
@@ -57,6 +59,11 @@ pub struct DeploymentFixture {
     /// Pods never become ready after a change.
     #[serde(default)]
     pub never_ready: bool,
+    /// The deployment does not exist (a lost cluster) until a bundle that
+    /// lists `Deployment/<namespace>/<name>` is applied; then it has
+    /// `replicas`, ready after `ready_delay`.
+    #[serde(default)]
+    pub absent: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -68,6 +75,8 @@ struct Deployment {
     never_ready: bool,
     /// (revision, image) pairs, oldest first; last is current.
     history: Vec<(u64, String)>,
+    /// False until a bundle creates it (`absent = true`).
+    exists: bool,
 }
 
 impl Deployment {
@@ -111,6 +120,9 @@ pub struct MockK8s {
     secrets: Mutex<BTreeMap<String, u32>>,
     faults: Faults,
     log: MockLog,
+    /// The runbook's bundle-object check (kinds, namespaces), as the live
+    /// backend applies it; none until [`MockK8s::set_object_guard`].
+    guard: Mutex<Option<super::live::ObjectGuard>>,
 }
 
 impl MockK8s {
@@ -143,6 +155,7 @@ impl MockK8s {
                     ready_delay: delay,
                     never_ready: d.never_ready,
                     history,
+                    exists: !d.absent,
                 },
             );
         }
@@ -154,13 +167,22 @@ impl MockK8s {
             secrets: Mutex::new(f.secrets.into_iter().map(|s| (s, 1)).collect()),
             faults,
             log,
+            guard: Mutex::new(None),
         })
+    }
+
+    /// Checks every object of an applied bundle with `guard` (the runbook's
+    /// `[grants.k8s] kinds` and `namespaces`) before anything is applied,
+    /// as the live backend does.
+    pub fn set_object_guard(&self, guard: super::live::ObjectGuard) {
+        *lock(&self.guard) = Some(guard);
     }
 
     /// Current status of a deployment (for tests asserting the simulation).
     pub fn deployment(&self, namespace: &str, name: &str) -> Option<DeploymentStatus> {
         lock(&self.deployments)
             .get(&(namespace.to_owned(), name.to_owned()))
+            .filter(|d| d.exists)
             .map(|d| d.status(namespace, name))
     }
 
@@ -179,8 +201,8 @@ impl MockK8s {
     ) -> Result<T, CapError> {
         let mut map = lock(&self.deployments);
         match map.get_mut(&(namespace.to_owned(), name.to_owned())) {
-            Some(d) => f(d),
-            None => Err(CapError::NotFound(format!(
+            Some(d) if d.exists => f(d),
+            _ => Err(CapError::NotFound(format!(
                 "deployment {namespace}/{name} not found"
             ))),
         }
@@ -286,22 +308,64 @@ impl K8sBackend for MockK8s {
             )));
         }
         if remaining > timeout {
-            tokio::time::sleep(timeout).await;
+            crate::sim::sleep(timeout).await;
             return Err(CapError::TimedOut(format!(
                 "{namespace}/{name} not ready after {}",
                 crate::runbook::fmt_duration(timeout)
             )));
         }
-        tokio::time::sleep(remaining).await;
+        crate::sim::sleep(remaining).await;
         self.with(namespace, name, |d| Ok(d.status(namespace, name)))
     }
 
     async fn apply(&self, bundle: &str) -> Result<Vec<String>, CapError> {
         self.enter("apply", bundle.to_owned()).await?;
-        self.bundles
-            .get(bundle)
-            .cloned()
-            .ok_or_else(|| CapError::NotFound(format!("manifest bundle {bundle:?} not found")))
+        let objects =
+            self.bundles.get(bundle).cloned().ok_or_else(|| {
+                CapError::NotFound(format!("manifest bundle {bundle:?} not found"))
+            })?;
+        let guard = lock(&self.guard).clone();
+        if let Some(guard) = guard {
+            let refusals: Vec<String> = objects
+                .iter()
+                .filter_map(|object| {
+                    let mut parts = object.splitn(3, '/');
+                    let (kind, ns, name) = (
+                        parts.next().unwrap_or(""),
+                        parts.next().unwrap_or(""),
+                        parts.next().unwrap_or(""),
+                    );
+                    guard(kind, ns, name)
+                        .err()
+                        .map(|why| format!("{object}: {why}"))
+                })
+                .collect();
+            if !refusals.is_empty() {
+                return Err(CapError::Denied(format!(
+                    "bundle {bundle:?}: {}",
+                    refusals.join("; ")
+                )));
+            }
+        }
+        // Deployments in the bundle are created (absent ones) or get new
+        // pods (existing ones), as a server-side apply of their template would.
+        let mut map = lock(&self.deployments);
+        for object in &objects {
+            let mut parts = object.splitn(3, '/');
+            if let (Some("Deployment"), Some(ns), Some(name)) =
+                (parts.next(), parts.next(), parts.next())
+                && let Some(d) = map.get_mut(&(ns.to_owned(), name.to_owned()))
+            {
+                if !d.exists {
+                    d.exists = true;
+                    d.ready_before = 0;
+                    d.changed_at = Some(Instant::now());
+                } else {
+                    d.touch();
+                }
+            }
+        }
+        Ok(objects)
     }
 
     async fn replace_secret(

@@ -67,7 +67,7 @@ impl MockObject {
             key: self.key.clone(),
             size: self.size,
             last_modified_ms: ms(self.modified),
-            age_ms: SystemTime::now()
+            age_ms: crate::sim::now()
                 .duration_since(self.modified)
                 .unwrap_or_default()
                 .as_millis() as u64,
@@ -94,7 +94,7 @@ impl MockObjectStore {
         faults: Faults,
         log: MockLog,
     ) -> Result<MockObjectStore, String> {
-        let now = SystemTime::now();
+        let now = crate::sim::now();
         let mut objects = Vec::new();
         for (i, o) in f.objects.into_iter().enumerate() {
             let age = parse_opt_duration(&o.age, &format!("object_store.objects[{i}].age"))?;

@@ -21,6 +21,8 @@ pub enum ApprovalKind {
     Step,
     /// The plugin called `operator.confirm`.
     Confirm,
+    /// The plugin called `operator.ask`: the answer is a line of text.
+    Text,
 }
 
 /// A question for the operator.
@@ -37,8 +39,12 @@ pub struct ApprovalRequest {
 /// The operator's answer.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Approval {
-    /// Yes or no.
+    /// Yes or no. For a [`ApprovalKind::Text`] question: whether anybody
+    /// answered.
     pub approved: bool,
+    /// The answer to a [`ApprovalKind::Text`] question.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub text: Option<String>,
     /// Who answered: "alice (tty)", "alice (--yes)", "fixture", ...
     pub by: String,
 }
@@ -63,9 +69,11 @@ pub struct AutoApprove;
 
 #[async_trait]
 impl Approver for AutoApprove {
-    async fn ask(&self, _: &ApprovalRequest) -> Approval {
+    async fn ask(&self, request: &ApprovalRequest) -> Approval {
         Approval {
             approved: true,
+            // `--yes` says yes; it has nothing to say to a text question.
+            text: (request.kind == ApprovalKind::Text).then(String::new),
             by: format!("{} (--yes)", operator_name()),
         }
     }
@@ -79,6 +87,7 @@ impl Approver for RefuseApprover {
     async fn ask(&self, _: &ApprovalRequest) -> Approval {
         Approval {
             approved: false,
+            text: None,
             by: "nobody (no terminal to ask and no --yes; refused)".into(),
         }
     }
@@ -98,23 +107,38 @@ impl TtyApprover {
 impl Approver for TtyApprover {
     async fn ask(&self, request: &ApprovalRequest) -> Approval {
         let question = request.question.clone();
+        let text_question = request.kind == ApprovalKind::Text;
         PROMPT_ACTIVE.store(true, std::sync::atomic::Ordering::SeqCst);
-        let answer = tokio::task::spawn_blocking(move || {
+        let line = tokio::task::spawn_blocking(move || {
             let mut err = std::io::stderr();
-            let _ = write!(err, "\n?? {question} [y/N] ");
+            if text_question {
+                let _ = write!(err, "\n?? {question}\n> ");
+            } else {
+                let _ = write!(err, "\n?? {question} [y/N] ");
+            }
             let _ = err.flush();
             let mut line = String::new();
             match std::io::stdin().lock().read_line(&mut line) {
-                Ok(_) => matches!(line.trim().to_ascii_lowercase().as_str(), "y" | "yes"),
-                Err(_) => false,
+                Ok(0) | Err(_) => None,
+                Ok(_) => Some(line.trim().to_owned()),
             }
         })
         .await
-        .unwrap_or(false);
+        .unwrap_or(None);
         PROMPT_ACTIVE.store(false, std::sync::atomic::Ordering::SeqCst);
+        let by = format!("{} (tty)", operator_name());
+        if text_question {
+            return Approval {
+                approved: line.is_some(),
+                text: line,
+                by,
+            };
+        }
+        let yes = line.is_some_and(|l| matches!(l.to_ascii_lowercase().as_str(), "y" | "yes"));
         Approval {
-            approved: answer,
-            by: format!("{} (tty)", operator_name()),
+            approved: yes,
+            text: None,
+            by,
         }
     }
 }
@@ -124,20 +148,33 @@ impl Approver for TtyApprover {
 /// answers.
 pub struct ScriptedApprover {
     confirms: Mutex<VecDeque<bool>>,
+    answers: Mutex<VecDeque<String>>,
     approve_steps: Option<bool>,
+    think_time: std::time::Duration,
     fallback: Box<dyn Approver>,
 }
 
 impl ScriptedApprover {
-    /// A scripted approver.
+    /// Scripted answers to `confirm` and `ask` take `think_time` (simulated
+    /// in drills: see [`crate::sim`]).
+    pub fn with_think_time(mut self, think_time: std::time::Duration) -> Self {
+        self.think_time = think_time;
+        self
+    }
+
+    /// A scripted approver: `confirms` answer `operator.confirm`, `answers`
+    /// answer `operator.ask`, in order.
     pub fn new(
         confirms: Vec<bool>,
+        answers: Vec<String>,
         approve_steps: Option<bool>,
         fallback: Box<dyn Approver>,
     ) -> Self {
         ScriptedApprover {
             confirms: Mutex::new(confirms.into()),
+            answers: Mutex::new(answers.into()),
             approve_steps,
+            think_time: std::time::Duration::ZERO,
             fallback,
         }
     }
@@ -147,14 +184,21 @@ impl ScriptedApprover {
 impl Approver for ScriptedApprover {
     async fn ask(&self, request: &ApprovalRequest) -> Approval {
         let scripted = match request.kind {
-            ApprovalKind::Step => self.approve_steps,
-            ApprovalKind::Confirm => lock(&self.confirms).pop_front(),
+            ApprovalKind::Step => self.approve_steps.map(|a| (a, None)),
+            ApprovalKind::Confirm => lock(&self.confirms).pop_front().map(|a| (a, None)),
+            ApprovalKind::Text => lock(&self.answers).pop_front().map(|t| (true, Some(t))),
         };
         match scripted {
-            Some(approved) => Approval {
-                approved,
-                by: "fixture".into(),
-            },
+            Some((approved, text)) => {
+                if request.kind != ApprovalKind::Step {
+                    crate::sim::sleep(self.think_time).await;
+                }
+                Approval {
+                    approved,
+                    text,
+                    by: "fixture".into(),
+                }
+            }
             None => self.fallback.ask(request).await,
         }
     }

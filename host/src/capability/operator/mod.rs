@@ -67,6 +67,37 @@ impl Host for PluginCtx {
         .await
     }
 
+    async fn ask(&mut self, question: String) -> wasmtime::Result<Result<String, CapError>> {
+        let Some(gate) = self.gate_handle() else {
+            return Ok(Err(crate::instance::no_capabilities()));
+        };
+        let step = self.step_id().to_owned();
+        let ask = async {
+            let answer = gate
+                .approve(ApprovalRequest {
+                    step: step.clone(),
+                    kind: approver::ApprovalKind::Text,
+                    question: question.clone(),
+                })
+                .await?;
+            match answer.text {
+                Some(text) if answer.approved => Ok(text),
+                _ => Err(CapError::Denied(format!(
+                    "nobody answered the question ({}); run interactively or script an answer",
+                    answer.by
+                ))),
+            }
+        };
+        self.call(
+            Op::OperatorAsk {
+                question: &question,
+            },
+            ask,
+            None,
+        )
+        .await
+    }
+
     async fn notify(
         &mut self,
         channel: String,

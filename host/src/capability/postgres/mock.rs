@@ -5,7 +5,9 @@
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use async_trait::async_trait;
 use serde::Deserialize;
@@ -161,9 +163,6 @@ impl PostgresBackend for MockPostgres {
         self.enter("restore", format!("{database} {bucket}/{key}"))
             .await?;
         let started = Instant::now();
-        if !lock(&self.databases).contains_key(database) {
-            return Err(Self::not_found(database));
-        }
         let object = self
             .objects
             .find(bucket, key)
@@ -176,12 +175,20 @@ impl PostgresBackend for MockPostgres {
         }
         if let Some(rate) = self.restore_rate {
             let secs = object.size as f64 / (rate * 1_000_000.0);
-            tokio::time::sleep(Duration::from_secs_f64(secs)).await;
+            crate::sim::sleep(Duration::from_secs_f64(secs)).await;
         }
         let mut dbs = lock(&self.databases);
-        let db = dbs
-            .get_mut(database)
-            .ok_or_else(|| Self::not_found(database))?;
+        // Like the live restore, a database that does not exist (lost with
+        // its server) is created from the backup; then nothing is kept.
+        let existed = dbs.contains_key(database);
+        let db = dbs.entry(database.to_owned()).or_insert_with(|| Database {
+            healthy: true,
+            corruption: String::new(),
+            tables: BTreeMap::new(),
+            connections: 0,
+            stays_corrupt: false,
+            restored_from: None,
+        });
         db.healthy = !db.stays_corrupt;
         db.connections = 0;
         db.restored_from = Some(format!("{bucket}/{key}"));
@@ -190,7 +197,7 @@ impl PostgresBackend for MockPostgres {
             source: format!("{bucket}/{key}"),
             bytes: object.size,
             tables: db.tables.len() as u32,
-            kept_as: Some(format!("{database}_before_restore")),
+            kept_as: existed.then(|| format!("{database}_before_restore")),
             duration_ms: started.elapsed().as_millis() as u64,
             phases: Vec::new(),
         })
