@@ -152,6 +152,16 @@ pub(crate) const RESOURCES: &[ResType] = &[
         short_names: &[],
         subresources: &[],
     },
+    ResType {
+        group: "networking.k8s.io",
+        version: "v1",
+        plural: "networkpolicies",
+        singular: "networkpolicy",
+        kind: "NetworkPolicy",
+        namespaced: true,
+        short_names: &["netpol"],
+        subresources: &[],
+    },
 ];
 
 /// Index of the namespaces resource in [`RESOURCES`].

@@ -1,0 +1,574 @@
+//! The scenarios of the DR runbook end to end on real backends, nothing
+//! simulated: the fake Kubernetes API server (held to `kubectl` in
+//! tests/kubernetes.rs), a real S3 server (s3s-fs, SigV4), the real
+//! PostgreSQL server, and a real HTTP server for health endpoints and the
+//! notification webhook. Each runs the shipped runbook config from
+//! `runbooks/` with only its `[backends]` pointed at those servers.
+//! (database-corruption's run is in tests/postgres.rs, next to the
+//! corruption it repairs.)
+//!
+//! Needs PostgreSQL on `$PGHOST` (default 127.0.0.1) as `$PGUSER` (default
+//! postgres): `.ci/ensure-postgres` starts it.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde_json::Value;
+
+use drhost_tests::fake_kube::{FakeKube, deployment};
+use drhost_tests::s3_server::S3Server;
+use drhost_tests::{drhost_bin, plugin, repo_root};
+
+const BUCKET: &str = "resume-screening-backups";
+
+fn pg_host() -> String {
+    std::env::var("PGHOST").unwrap_or_else(|_| "127.0.0.1".into())
+}
+fn pg_user() -> String {
+    std::env::var("PGUSER").unwrap_or_else(|_| "postgres".into())
+}
+
+/// Runs `psql -c SQL` on `db`; panics with the server's message on failure.
+fn psql(db: &str, sql: &str) -> String {
+    let out = Command::new("psql")
+        .env("PGHOST", pg_host())
+        .env("PGUSER", pg_user())
+        .args([
+            "-X",
+            "-q",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-At",
+            "-d",
+            db,
+            "-c",
+            sql,
+        ])
+        .output()
+        .expect("psql is installed (PostgreSQL client; .ci/ensure-postgres)");
+    assert!(
+        out.status.success(),
+        "psql {db}: {sql}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+/// Databases named `prefix%`, dropped when the test ends.
+struct Databases(String);
+impl Drop for Databases {
+    fn drop(&mut self) {
+        let names = psql(
+            "postgres",
+            &format!(
+                "SELECT datname FROM pg_database WHERE datname LIKE '{}%'",
+                self.0
+            ),
+        );
+        for name in names.lines().filter(|l| !l.is_empty()) {
+            let _ = Command::new("psql")
+                .env("PGHOST", pg_host())
+                .env("PGUSER", pg_user())
+                .args(["-X", "-q", "-d", "postgres", "-c"])
+                .arg(format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
+                .output();
+        }
+    }
+}
+
+/// A health endpoint server: `/health`, `/frontend`, `/api/candidates`
+/// answer with `status` (shared, so a test can make them fail), `/hook`
+/// records POST bodies.
+struct Http {
+    addr: SocketAddr,
+    status: Arc<Mutex<u16>>,
+    posts: Arc<Mutex<Vec<String>>>,
+}
+
+async fn http() -> Http {
+    use axum::http::StatusCode;
+    use axum::routing::{get, post};
+    let status = Arc::new(Mutex::new(200u16));
+    let posts = Arc::new(Mutex::new(Vec::new()));
+    let answer = |body: &'static str, status: Arc<Mutex<u16>>| {
+        move || {
+            let code = *status.lock().expect("lock");
+            async move {
+                (
+                    StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+                    body,
+                )
+            }
+        }
+    };
+    let recorded = posts.clone();
+    let app = axum::Router::new()
+        .route("/health", get(answer("ok", status.clone())))
+        .route("/frontend", get(answer("<html>ok</html>", status.clone())))
+        .route(
+            "/api/candidates",
+            get(answer("{\"results\": [{\"id\": 1}]}", status.clone())),
+        )
+        .route(
+            "/hook",
+            post(move |body: String| {
+                let recorded = recorded.clone();
+                async move {
+                    recorded.lock().expect("lock").push(body);
+                    "ok"
+                }
+            }),
+        );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    Http {
+        addr,
+        status,
+        posts,
+    }
+}
+
+/// Everything a scenario runs against.
+struct Scene {
+    dir: tempfile::TempDir,
+    kube: FakeKube,
+    s3: S3Server,
+    http: Http,
+    /// The database the runbook restores (`<prefix>db`).
+    database: String,
+    _databases: Databases,
+}
+
+/// Servers up; a source database with 500 candidates dumped (`pg_dump
+/// -Fc`) into the bucket as `postgres/backup_latest.dump`.
+async fn scene(tag: &str) -> Scene {
+    let prefix = format!("drhost_{tag}_{}_", std::process::id());
+    let databases = Databases(prefix.clone());
+    let source = format!("{prefix}src");
+    psql("postgres", &format!("CREATE DATABASE \"{source}\""));
+    psql(
+        &source,
+        "CREATE TABLE candidates (id int PRIMARY KEY, name text NOT NULL);
+         INSERT INTO candidates SELECT g, 'candidate ' || g FROM generate_series(1, 500) g;",
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    let dump = dir.path().join("backup.dump");
+    let out = Command::new("pg_dump")
+        .env("PGHOST", pg_host())
+        .env("PGUSER", pg_user())
+        .args(["-Fc", "-f"])
+        .arg(&dump)
+        .arg(&source)
+        .output()
+        .expect("pg_dump is installed");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let s3 = S3Server::start().await.expect("S3 server");
+    s3.create_bucket(BUCKET).await.expect("bucket");
+    s3.put_object(
+        BUCKET,
+        "postgres/backup_latest.dump",
+        std::fs::read(&dump).expect("dump"),
+    )
+    .await
+    .expect("upload");
+    let kube = FakeKube::start().await.expect("fake API server");
+    kube.set_ready_delay(Duration::from_millis(30));
+    Scene {
+        dir,
+        kube,
+        s3,
+        http: http().await,
+        database: format!("{prefix}db"),
+        _databases: databases,
+    }
+}
+
+impl Scene {
+    /// `runbooks/<scenario>.toml` with the plugin built from `plugins/`,
+    /// the database renamed, and `[backends]` pointed at the scene, written
+    /// next to `manifests/` copied from `runbooks/manifests/<scenario>`.
+    fn runbook(&self, scenario: &str, secret_sources: &str) -> PathBuf {
+        let root = repo_root();
+        let text = std::fs::read_to_string(root.join(format!("runbooks/{scenario}.toml")))
+            .expect("runbook");
+        let wasm = format!(
+            "../plugins/target/wasm32-wasip2/release/{}.wasm",
+            scenario.replace('-', "_")
+        );
+        let text = text
+            .replace(&wasm, plugin(scenario).to_str().expect("utf-8"))
+            .replace("\"resume_screening\"", &format!("\"{}\"", self.database));
+        let kubeconfig = self.dir.path().join("kubeconfig");
+        self.kube.write_kubeconfig(&kubeconfig).expect("kubeconfig");
+        let http = self.http.addr;
+        let manifests = root.join(format!("runbooks/manifests/{scenario}"));
+        let backends = format!(
+            "\n[backends.k8s]\nkubeconfig = \"kubeconfig\"\nmanifest_dir = \"{}\"\n\
+             [backends.k8s.secret_sources]\n{secret_sources}\n\n\
+             [backends.postgres]\nhost = \"{}\"\nuser = \"{}\"\njobs = 2\n\n\
+             [backends.object_store]\nendpoint = \"{}\"\npath_style = true\n\n\
+             [backends.health.targets.backend-api]\nurl = \"http://{http}/health\"\nallow_private = true\n\n\
+             [backends.health.targets.frontend]\nurl = \"http://{http}/frontend\"\nallow_private = true\n\n\
+             [backends.health.targets.backend-api-candidates]\nurl = \"http://{http}/api/candidates\"\nbody_contains = \"results\"\nallow_private = true\n\n\
+             [backends.notify.channels.status-page]\nurl = \"http://{http}/hook\"\nallow_private = true\nrequired = true\n\n\
+             [backends.notify.channels.security-incident]\nurl = \"http://{http}/hook\"\nallow_private = true\nrequired = true\n",
+            manifests.display(),
+            pg_host(),
+            pg_user(),
+            self.s3.endpoint
+        );
+        let path = self.dir.path().join(format!("{scenario}.toml"));
+        std::fs::write(&path, format!("{text}{backends}")).expect("write runbook");
+        path
+    }
+
+    /// `drhost ARGS` with the S3 credentials and PostgreSQL settings in its
+    /// environment; returns (success, stdout+stderr).
+    async fn drhost(&self, args: &[&str]) -> (bool, String) {
+        let mut cmd = tokio::process::Command::new(drhost_bin());
+        cmd.args(args)
+            .env("DRHOST_CACHE_DIR", self.dir.path().join("cache"))
+            .env("PGHOST", pg_host())
+            .env("PGUSER", pg_user())
+            .stdin(std::process::Stdio::null());
+        for (k, v) in self.s3.env() {
+            cmd.env(k, v);
+        }
+        let out = cmd.output().await.expect("run drhost");
+        (
+            out.status.success(),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        )
+    }
+
+    fn audit_dir(&self) -> PathBuf {
+        self.dir.path().join("audit")
+    }
+
+    fn deployment(&self, name: &str) -> Value {
+        self.kube
+            .get("apps/v1", "Deployment", Some("resume-screening"), name)
+            .unwrap_or_else(|| panic!("deployment {name} missing"))
+    }
+
+    fn rows(&self) -> String {
+        psql(&self.database, "SELECT count(*) FROM candidates")
+    }
+}
+
+/// The run's audit log verifies (`drhost audit verify`).
+fn assert_audit_verifies(audit: &Path) {
+    let log = std::fs::read_dir(audit)
+        .expect("audit dir")
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .find(|p| p.to_string_lossy().ends_with(".audit.jsonl"))
+        .expect("an audit log");
+    let verify = Command::new(drhost_bin())
+        .args(["audit", "verify"])
+        .arg(&log)
+        .output()
+        .expect("audit verify");
+    assert!(
+        verify.status.success(),
+        "{}",
+        String::from_utf8_lossy(&verify.stdout)
+    );
+}
+
+fn decoded_secret(kube: &FakeKube, key: &str) -> String {
+    use base64::Engine;
+    let secret = kube
+        .get(
+            "v1",
+            "Secret",
+            Some("resume-screening"),
+            "resume-screening-secrets",
+        )
+        .expect("the secret exists");
+    let b64 = secret["data"][key]
+        .as_str()
+        .unwrap_or_else(|| panic!("no {key} in {secret}"));
+    String::from_utf8(
+        base64::engine::general_purpose::STANDARD
+            .decode(b64)
+            .expect("base64"),
+    )
+    .expect("utf-8")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_failure_rebuilds_an_empty_cluster_and_restores_the_database() {
+    let sc = scene("cf").await;
+    let secrets = sc.dir.path().join("vault.yaml");
+    std::fs::write(
+        &secrets,
+        "DATABASE_PASSWORD: from-vault\nJWT_SIGNING_KEY: k1\n",
+    )
+    .expect("secret source");
+    let runbook = sc.runbook(
+        "cluster-failure",
+        &format!(
+            "vault-resume-screening = {{ file = \"{}\" }}",
+            secrets.display()
+        ),
+    );
+    let audit = sc.audit_dir();
+    let (ok, out) = sc
+        .drhost(&[
+            "run",
+            runbook.to_str().expect("utf-8"),
+            "--yes",
+            "--audit-dir",
+            audit.to_str().expect("utf-8"),
+        ])
+        .await;
+    assert!(ok, "drhost run failed:\n{out}");
+
+    // Infrastructure from the shipped manifests, the secret from its source.
+    assert!(
+        sc.kube
+            .get("v1", "Namespace", None, "resume-screening")
+            .is_some(),
+        "namespace not created"
+    );
+    assert!(
+        sc.kube
+            .get(
+                "v1",
+                "ConfigMap",
+                Some("resume-screening"),
+                "resume-screening-config"
+            )
+            .is_some(),
+        "configmap not applied"
+    );
+    assert_eq!(decoded_secret(&sc.kube, "DATABASE_PASSWORD"), "from-vault");
+    // The applications, at the runbook's counts and ready.
+    for (name, replicas) in [("backend", 3), ("frontend", 2), ("celery-worker", 2)] {
+        let d = sc.deployment(name);
+        assert_eq!(d["spec"]["replicas"], replicas, "{name}");
+        assert_eq!(d["status"]["readyReplicas"], replicas, "{name}");
+    }
+    // Every applied object went through server-side apply as drhost.
+    assert!(
+        sc.kube.requests().iter().any(|(m, p, ct)| m == "PATCH"
+            && p.contains("fieldManager=drhost")
+            && ct.contains("apply-patch")),
+        "no server-side apply seen"
+    );
+    // The database is back with its rows; the status page was told.
+    assert_eq!(sc.rows(), "500");
+    let posts = sc.http.posts.lock().expect("lock").clone();
+    assert_eq!(posts.len(), 1, "{posts:?}");
+    assert_audit_verifies(&audit);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn app_rollback_undoes_a_bad_deploy_and_stops_when_the_previous_one_is_bad_too() {
+    let sc = scene("ar").await;
+    // Two revisions each: a good one, then the bad deploy.
+    for (name, replicas, good, bad) in [
+        ("backend", 3, "rs/backend:2.4.0", "rs/backend:2.4.1"),
+        ("frontend", 2, "rs/frontend:1.8.2", "rs/frontend:1.8.3"),
+    ] {
+        sc.kube
+            .insert(deployment("resume-screening", name, replicas, good));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        sc.kube
+            .insert(deployment("resume-screening", name, replicas, bad));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let d = sc.deployment(name);
+        assert_eq!(
+            d["metadata"]["annotations"]["deployment.kubernetes.io/revision"], "2",
+            "{name}: {d}"
+        );
+    }
+    let runbook = sc.runbook("app-rollback", "");
+    // The failing run below waits out the health timeout: keep it short.
+    let text = std::fs::read_to_string(&runbook).expect("runbook");
+    assert!(text.contains("health-timeout = \"90s\""), "{text}");
+    std::fs::write(
+        &runbook,
+        text.replace("health-timeout = \"90s\"", "health-timeout = \"3s\""),
+    )
+    .expect("write runbook");
+    let audit = sc.audit_dir();
+    let (ok, out) = sc
+        .drhost(&[
+            "run",
+            runbook.to_str().expect("utf-8"),
+            "--yes",
+            "--audit-dir",
+            audit.to_str().expect("utf-8"),
+        ])
+        .await;
+    assert!(ok, "drhost run failed:\n{out}");
+    for (name, good) in [
+        ("backend", "rs/backend:2.4.0"),
+        ("frontend", "rs/frontend:1.8.2"),
+    ] {
+        let d = sc.deployment(name);
+        assert_eq!(
+            d["spec"]["template"]["spec"]["containers"][0]["image"], good,
+            "{name}"
+        );
+        assert_eq!(
+            d["metadata"]["annotations"]["deployment.kubernetes.io/revision"], "3",
+            "{name}: the old template came back as revision 3"
+        );
+    }
+    assert_audit_verifies(&audit);
+
+    // Now the API fails even on the rolled-back version: the second run
+    // rolls back once more (to the bad 2.4.1), sees it unhealthy, and stops
+    // naming the revisions instead of going further back.
+    *sc.http.status.lock().expect("lock") = 500;
+    let audit2 = sc.dir.path().join("audit2");
+    let (ok, out) = sc
+        .drhost(&[
+            "run",
+            runbook.to_str().expect("utf-8"),
+            "--yes",
+            "--audit-dir",
+            audit2.to_str().expect("utf-8"),
+        ])
+        .await;
+    assert!(!ok, "the run should fail:\n{out}");
+    assert!(out.contains("does NOT roll back further"), "{out}");
+    let undos = sc
+        .kube
+        .requests()
+        .into_iter()
+        .filter(|(m, p, _)| m == "PATCH" && p.contains("/deployments/backend"))
+        .count();
+    assert_eq!(undos, 2, "one undo per run, never a third");
+    assert_audit_verifies(&audit2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn security_breach_isolates_rotates_contains_and_restores_a_clean_backup() {
+    let sc = scene("sb").await;
+    sc.kube.insert(deployment(
+        "resume-screening",
+        "backend",
+        3,
+        "rs/backend:2.4.1",
+    ));
+    sc.kube.insert(serde_json::json!({
+        "apiVersion": "v1", "kind": "Secret",
+        "metadata": {"name": "resume-screening-secrets", "namespace": "resume-screening"},
+        "data": {"DATABASE_PASSWORD": "c3RvbGVu"},
+    }));
+    // The compromised database: the backup's content plus the intruder's row.
+    psql("postgres", &format!("CREATE DATABASE \"{}\"", sc.database));
+    psql(
+        &sc.database,
+        "CREATE TABLE candidates (id int PRIMARY KEY, name text NOT NULL);
+         INSERT INTO candidates SELECT g, 'candidate ' || g FROM generate_series(1, 500) g;
+         INSERT INTO candidates VALUES (9999, 'backdoor');",
+    );
+    let rotated = sc.dir.path().join("rotated.yaml");
+    std::fs::write(&rotated, "DATABASE_PASSWORD: rotated\n").expect("secret source");
+    let runbook = sc.runbook(
+        "security-breach",
+        &format!("vault-rotated = {{ file = \"{}\" }}", rotated.display()),
+    );
+    // The operator's answers: findings, then a cut-off just after the
+    // backup was taken (it is the only one, so it is chosen).
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let cutoff = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
+    let fixture = sc.dir.path().join("operator.toml");
+    std::fs::write(
+        &fixture,
+        format!(
+            "description = \"security breach on real backends, the operator's answers scripted\"\n\
+             live = [\"k8s\", \"postgres\", \"object-store\", \"health\", \"notify\"]\n\
+             [operator]\nanswers = [\"SQL injection in /api/candidates/search; backdoor row inserted\", \"{cutoff}\"]\n\
+             confirm = [true]\n"
+        ),
+    )
+    .expect("fixture");
+    let audit = sc.audit_dir();
+    let (ok, out) = sc
+        .drhost(&[
+            "run",
+            runbook.to_str().expect("utf-8"),
+            "--mock",
+            fixture.to_str().expect("utf-8"),
+            "--yes",
+            "--audit-dir",
+            audit.to_str().expect("utf-8"),
+        ])
+        .await;
+    assert!(ok, "drhost run failed:\n{out}");
+
+    // Isolated then restored: two scale writes, back at 3 and ready.
+    let scales: Vec<String> = sc
+        .kube
+        .requests()
+        .into_iter()
+        .filter(|(m, p, _)| m != "GET" && p.contains("/deployments/backend/scale"))
+        .map(|(m, p, _)| format!("{m} {p}"))
+        .collect();
+    assert_eq!(scales.len(), 2, "{scales:?}");
+    let d = sc.deployment("backend");
+    assert_eq!(d["spec"]["replicas"], 3);
+    assert_eq!(d["status"]["readyReplicas"], 3);
+    // Credentials rotated from the source; logging and containment applied.
+    assert_eq!(decoded_secret(&sc.kube, "DATABASE_PASSWORD"), "rotated");
+    assert!(
+        sc.kube
+            .get(
+                "networking.k8s.io/v1",
+                "NetworkPolicy",
+                Some("resume-screening"),
+                "incident-deny-egress"
+            )
+            .is_some(),
+        "containment policy not applied"
+    );
+    assert!(
+        sc.kube
+            .get(
+                "v1",
+                "ConfigMap",
+                Some("resume-screening"),
+                "resume-screening-logging"
+            )
+            .is_some(),
+        "logging configmap not applied"
+    );
+    // The clean backup is in place (no backdoor) and the compromised
+    // database is kept for forensics, backdoor included.
+    assert_eq!(sc.rows(), "500");
+    let kept = psql(
+        "postgres",
+        &format!(
+            "SELECT datname FROM pg_database WHERE datname LIKE '{}_before_%'",
+            sc.database
+        ),
+    );
+    assert_eq!(kept.lines().count(), 1, "{kept}");
+    assert_eq!(
+        psql(kept.trim(), "SELECT name FROM candidates WHERE id = 9999"),
+        "backdoor"
+    );
+    let posts = sc.http.posts.lock().expect("lock").clone();
+    assert_eq!(posts.len(), 2, "incident opened and resolved: {posts:?}");
+    assert_audit_verifies(&audit);
+}
