@@ -407,17 +407,40 @@ async fn app_rollback_undoes_a_bad_deploy_and_stops_when_the_previous_one_is_bad
         text.replace("health-timeout = \"90s\"", "health-timeout = \"3s\""),
     )
     .expect("write runbook");
+    // A drill against real backends is the same command without --mock:
+    // real time, real calls, the same report.
     let audit = sc.audit_dir();
     let (ok, out) = sc
         .drhost(&[
-            "run",
+            "drill",
             runbook.to_str().expect("utf-8"),
-            "--yes",
             "--audit-dir",
             audit.to_str().expect("utf-8"),
+            "--format",
+            "json",
         ])
         .await;
-    assert!(ok, "drhost run failed:\n{out}");
+    assert!(ok, "drhost drill failed:\n{out}");
+    let report_path = std::fs::read_dir(&audit)
+        .expect("audit dir")
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .find(|p| p.to_string_lossy().ends_with(".drill.json"))
+        .expect("a drill report");
+    let report: Value =
+        serde_json::from_str(&std::fs::read_to_string(&report_path).expect("read")).expect("json");
+    assert_eq!(report["simulated"], false);
+    assert_eq!(report["outcome"], "completed");
+    assert_eq!(report["audit"]["verified"], true);
+    assert_eq!(
+        report["calls"]
+            .as_array()
+            .expect("calls")
+            .iter()
+            .filter(|c| c["op"] == "k8s.rollout-undo" && c["status"] == "ok")
+            .count(),
+        2
+    );
     for (name, good) in [
         ("backend", "rs/backend:2.4.0"),
         ("frontend", "rs/frontend:1.8.2"),

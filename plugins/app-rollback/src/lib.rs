@@ -41,7 +41,7 @@ const ROLLBACK: &str = "rollback";
 const VERIFY: &str = "verify";
 
 /// Steps: id, title, budget, mutates.
-const STEPS: &[(&str, &str, u64, bool)] = &[
+const STEPS: &[StepRow] = &[
     (
         ROLLBACK,
         "Roll back to the previous version",
@@ -53,7 +53,7 @@ const STEPS: &[(&str, &str, u64, bool)] = &[
 
 /// Parameters: name, default, description. The defaults are both reported by
 /// `describe` and used when a parameter is absent from `run_step`.
-const PARAMS: &[(&str, &str, &str)] = &[
+const PARAMS: &[ParamRow] = &[
     (
         "namespace",
         "resume-screening",
@@ -95,11 +95,7 @@ const PARAMS: &[(&str, &str, &str)] = &[
 ];
 
 fn default_of(name: &str) -> &'static str {
-    PARAMS
-        .iter()
-        .find(|(n, _, _)| *n == name)
-        .map(|(_, d, _)| *d)
-        .unwrap_or("")
+    param_default(PARAMS, name)
 }
 
 /// Where to roll a deployment back to.
@@ -202,10 +198,7 @@ struct Config {
 
 impl Config {
     fn from_params(p: &Params) -> Result<Config, String> {
-        let namespace = p.get_or("namespace", default_of("namespace")).trim();
-        if namespace.is_empty() {
-            return Err("parameter `namespace` is empty".into());
-        }
+        let namespace = p.non_empty_or("namespace", default_of("namespace"))?;
         let deployments = p.list("deployments", default_of("deployments"));
         if deployments.is_empty() {
             return Err(
@@ -240,11 +233,7 @@ const AFTER_REVISION: &str = "after-revision";
 const AFTER_IMAGES: &str = "after-images";
 
 fn images_text(images: &[String]) -> String {
-    if images.is_empty() {
-        "no images reported".into()
-    } else {
-        images.join(", ")
-    }
+    join_or(images, "no images reported")
 }
 
 struct AppRollback;
@@ -262,30 +251,20 @@ impl Guest for AppRollback {
                       and names the revisions tried: it never rolls back further on its own."
                 .into(),
             rto_ms: RTO_MS,
-            params: PARAMS
-                .iter()
-                .map(|(name, default, description)| param(name, description, Some(default)))
-                .collect(),
-            steps: STEPS
-                .iter()
-                .map(|(id, title, budget, mutates)| step(id, title, *budget, *mutates))
-                .collect(),
+            params: param_infos(PARAMS),
+            steps: step_infos(STEPS),
         }
     }
 
     fn run_step(id: String, params: Vec<(String, String)>) -> Result<StepOutcome, String> {
-        let run = || -> Result<StepOutcome, String> {
+        with_step_id(&id, || {
             let cfg = Config::from_params(&Params::from(params))?;
             match id.as_str() {
                 ROLLBACK => rollback(&cfg),
                 VERIFY => verify(&cfg),
-                other => Err(unknown_step(
-                    other,
-                    &STEPS.iter().map(|s| s.0).collect::<Vec<_>>(),
-                )),
+                other => Err(unknown_step(other, &step_ids(STEPS))),
             }
-        };
-        run().map_err(|e| format!("{id}: {e}"))
+        })
     }
 }
 
@@ -653,15 +632,6 @@ fn verify(cfg: &Config) -> Result<StepOutcome, String> {
 mod tests {
     use super::*;
 
-    fn params(pairs: &[(&str, &str)]) -> Params {
-        Params::from(
-            pairs
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect::<Vec<_>>(),
-        )
-    }
-
     fn names(list: &[&str]) -> Vec<String> {
         list.iter().map(|s| s.to_string()).collect()
     }
@@ -700,7 +670,7 @@ mod tests {
         assert_eq!(cfg.ready_timeout_ms, 3 * MINUTE_MS);
         assert_eq!(cfg.health_targets, names(&["backend-api", "frontend"]));
         assert_eq!(cfg.critical_checks, names(&["backend-api-candidates"]));
-        let cfg = Config::from_params(&params(&[("critical-checks", "")])).unwrap();
+        let cfg = Config::from_params(&Params::from_strs(&[("critical-checks", "")])).unwrap();
         assert!(cfg.critical_checks.is_empty());
     }
 
@@ -737,11 +707,11 @@ mod tests {
 
     #[test]
     fn bad_params_are_named() {
-        let err = Config::from_params(&params(&[("deployments", " , ")])).unwrap_err();
+        let err = Config::from_params(&Params::from_strs(&[("deployments", " , ")])).unwrap_err();
         assert!(err.contains("`deployments`"), "{err}");
-        let err = Config::from_params(&params(&[("ready-timeout", "3")])).unwrap_err();
+        let err = Config::from_params(&Params::from_strs(&[("ready-timeout", "3")])).unwrap_err();
         assert!(err.starts_with("parameter `ready-timeout`"), "{err}");
-        let err = Config::from_params(&params(&[("namespace", " ")])).unwrap_err();
+        let err = Config::from_params(&Params::from_strs(&[("namespace", " ")])).unwrap_err();
         assert!(err.contains("`namespace` is empty"), "{err}");
     }
 

@@ -84,7 +84,7 @@ const DEPLOY_APPLICATIONS: &str = "deploy-applications";
 const VERIFY: &str = "verify";
 
 /// Steps: id, title, budget, mutates.
-const STEPS: &[(&str, &str, u64, bool)] = &[
+const STEPS: &[StepRow] = &[
     (ASSESS, "Assess the situation", 5 * MINUTE_MS, false),
     (
         RESTORE_INFRASTRUCTURE,
@@ -109,7 +109,7 @@ const STEPS: &[(&str, &str, u64, bool)] = &[
 
 /// Parameters: name, default, description. The defaults are both reported by
 /// `describe` and used when a parameter is absent from `run_step`.
-const PARAMS: &[(&str, &str, &str)] = &[
+const PARAMS: &[ParamRow] = &[
     (
         "namespace",
         "resume-screening",
@@ -189,11 +189,7 @@ const PARAMS: &[(&str, &str, &str)] = &[
 ];
 
 fn default_of(name: &str) -> &'static str {
-    PARAMS
-        .iter()
-        .find(|(n, _, _)| *n == name)
-        .map(|(_, d, _)| *d)
-        .unwrap_or("")
+    param_default(PARAMS, name)
 }
 
 /// The parameters, parsed and checked.
@@ -219,14 +215,7 @@ struct Config {
 
 impl Config {
     fn from_params(p: &Params) -> Result<Config, String> {
-        let text = |name: &str| -> Result<String, String> {
-            let v = p.get_or(name, default_of(name)).trim();
-            if v.is_empty() {
-                Err(format!("parameter `{name}` is empty"))
-            } else {
-                Ok(v.to_string())
-            }
-        };
+        let text = |name: &str| p.non_empty_or(name, default_of(name)).map(String::from);
         let non_empty_list = |name: &str, example: &str| -> Result<Vec<String>, String> {
             let items = p.list(name, default_of(name));
             if items.is_empty() {
@@ -337,19 +326,13 @@ impl Guest for ClusterFailure {
                       minutes, beyond the 1-hour RTO."
                 .into(),
             rto_ms: RTO_MS,
-            params: PARAMS
-                .iter()
-                .map(|(name, default, description)| param(name, description, Some(default)))
-                .collect(),
-            steps: STEPS
-                .iter()
-                .map(|(id, title, budget, mutates)| step(id, title, *budget, *mutates))
-                .collect(),
+            params: param_infos(PARAMS),
+            steps: step_infos(STEPS),
         }
     }
 
     fn run_step(id: String, params: Vec<(String, String)>) -> Result<StepOutcome, String> {
-        let run = || -> Result<StepOutcome, String> {
+        with_step_id(&id, || {
             let cfg = Config::from_params(&Params::from(params))?;
             match id.as_str() {
                 ASSESS => assess(&cfg),
@@ -357,13 +340,9 @@ impl Guest for ClusterFailure {
                 RESTORE_DATABASE => restore_database(&cfg),
                 DEPLOY_APPLICATIONS => deploy_applications(&cfg),
                 VERIFY => verify(&cfg),
-                other => Err(unknown_step(
-                    other,
-                    &STEPS.iter().map(|s| s.0).collect::<Vec<_>>(),
-                )),
+                other => Err(unknown_step(other, &step_ids(STEPS))),
             }
-        };
-        run().map_err(|e| format!("{id}: {e}"))
+        })
     }
 }
 
@@ -388,11 +367,7 @@ fn assess(cfg: &Config) -> Result<StepOutcome, String> {
                     d.revision,
                     d.ready,
                     d.desired,
-                    if d.images.is_empty() {
-                        "unknown".to_string()
-                    } else {
-                        d.images.join(", ")
-                    }
+                    join_or(&d.images, "unknown")
                 );
                 present.push(svc.to_string());
             }
@@ -517,24 +492,8 @@ fn restore_database(cfg: &Config) -> Result<StepOutcome, String> {
         )));
     }
 
-    if age_ms > cfg.rpo_ms {
-        let question = rpo_question(&source, age_ms, cfg.rpo_ms);
-        warn!("{question}");
-        let yes =
-            operator::confirm(&question).ctx("asking the operator to accept the data loss")?;
-        if !yes {
-            return Ok(StepOutcome::Halt(declined_note(cfg, &source, age_ms)));
-        }
-        warn!(
-            "operator accepted losing up to {} of writes to {db}",
-            fmt_duration(age_ms)
-        );
-    } else {
-        info!(
-            "backup {source} is {} old, within the RPO of {}",
-            fmt_duration(age_ms),
-            fmt_duration(cfg.rpo_ms)
-        );
+    if !postgres::accept_data_loss(db, &source, age_ms, cfg.rpo_ms)? {
+        return Ok(StepOutcome::Halt(declined_note(cfg, &source, age_ms)));
     }
 
     let report = postgres::restore(db, &cfg.bucket, &key).with_ctx(|| {
@@ -545,18 +504,7 @@ fn restore_database(cfg: &Config) -> Result<StepOutcome, String> {
         )
     })?;
     state::set(RESTORED_FROM, &key).with_ctx(|| format!("recording {RESTORED_FROM} in state"))?;
-    let kept = match &report.kept_as {
-        Some(old) => format!("; the previous database is kept as {old}"),
-        None => String::new(),
-    };
-    let summary = format!(
-        "restored {} from {}: {} tables, {} read in {}{kept}",
-        report.database,
-        report.source,
-        report.tables,
-        fmt_bytes(report.bytes),
-        fmt_duration(report.duration_ms)
-    );
+    let summary = postgres::restore_summary(&report);
     info!("{summary}");
     Ok(StepOutcome::Done(summary))
 }
@@ -625,11 +573,7 @@ fn deploy_applications(cfg: &Config) -> Result<StepOutcome, String> {
                  pods: kubectl -n {ns} describe deployment {svc}; image pulls, the secret and \
                  the database are the usual suspects)",
                 fmt_duration(cfg.ready_timeout_ms),
-                if ready.is_empty() {
-                    "none".to_string()
-                } else {
-                    ready.join(", ")
-                }
+                join_or(&ready, "none")
             )
         })?;
         info!(
@@ -641,11 +585,7 @@ fn deploy_applications(cfg: &Config) -> Result<StepOutcome, String> {
     let mut summary = format!(
         "applied {}; ready in {ns}: {}",
         applied.join(", "),
-        if ready.is_empty() {
-            "none".to_string()
-        } else {
-            ready.join(", ")
-        }
+        join_or(&ready, "none")
     );
     if !skipped.is_empty() {
         summary.push_str(&format!(
@@ -684,32 +624,15 @@ fn missing_after_apply(ns: &str, name: &str, objects: &[String]) -> MissingDeplo
 /// checks; then tell the notification channel, if any.
 fn verify(cfg: &Config) -> Result<StepOutcome, String> {
     for target in &cfg.health_targets {
-        let check = health::wait_healthy(target, cfg.ready_timeout_ms).with_ctx(|| {
-            format!(
-                "waiting up to {} for health target {target}",
-                fmt_duration(cfg.ready_timeout_ms)
-            )
-        })?;
-        if !check.healthy {
-            return Err(format!(
-                "health target {target} is unhealthy: status {}: {}",
-                check.status, check.detail
-            ));
-        }
-        info!(
-            "health target {target} is healthy (status {}, {} ms)",
-            check.status, check.latency_ms
-        );
+        health::require_healthy(target, cfg.ready_timeout_ms)?;
     }
 
     let db = &cfg.database;
-    let report =
-        postgres::integrity_check(db).with_ctx(|| format!("integrity check of database {db}"))?;
-    log_checks(&report.checks);
+    let report = postgres::integrity_check_logged(db)?;
     if !report.healthy {
         return Err(format!(
             "database {db} is not healthy after the restore: failed checks: {}",
-            failed_checks(&report.checks)
+            join_or(&postgres::failed_checks(&report.checks), "none named")
         ));
     }
 
@@ -756,13 +679,7 @@ fn verify(cfg: &Config) -> Result<StepOutcome, String> {
         let message = notify_message(&cfg.namespace, &cfg.service_names(), db, backup.as_deref());
         // The recovery itself succeeded: a failed notification is reported,
         // not turned into a failed run.
-        match operator::notify(&cfg.notify_channel, &message) {
-            Ok(()) => summary.push_str(&format!("; notified {}", cfg.notify_channel)),
-            Err(e) => {
-                warn!("notifying channel {} failed: {e}", cfg.notify_channel);
-                summary.push_str(&format!("; notifying {} failed: {e}", cfg.notify_channel));
-            }
-        }
+        summary.push_str(&operator::notify_best_effort(&cfg.notify_channel, &message));
     }
     Ok(StepOutcome::Done(summary))
 }
@@ -773,11 +690,7 @@ fn apply_bundle(bundle: &str, before: &[String]) -> Result<Vec<String>, String> 
     let objects = k8s::apply(bundle).with_ctx(|| {
         format!(
             "applying manifest bundle {bundle:?} (applied before it in this step: {})",
-            if before.is_empty() {
-                "none".to_string()
-            } else {
-                before.join(", ")
-            }
+            join_or(before, "none")
         )
     })?;
     if objects.is_empty() {
@@ -818,16 +731,6 @@ fn deployments_summary(ns: &str, present: &[String], missing: &[String]) -> Stri
     }
 }
 
-fn rpo_question(source: &str, age_ms: u64, rpo_ms: u64) -> String {
-    format!(
-        "backup {source} is {} old; RPO is {}: up to {} of writes will be lost ({} beyond the RPO). Restore it?",
-        fmt_duration(age_ms),
-        fmt_duration(rpo_ms),
-        fmt_duration(age_ms),
-        fmt_duration(age_ms.saturating_sub(rpo_ms))
-    )
-}
-
 /// What an operator needs after declining the data loss: where things stand
 /// and how to go on.
 fn declined_note(cfg: &Config, source: &str, age_ms: u64) -> String {
@@ -861,56 +764,9 @@ fn notify_message(ns: &str, services: &[&str], db: &str, backup: Option<&str>) -
     )
 }
 
-fn log_checks(checks: &[postgres::Check]) {
-    for c in checks {
-        if c.ok {
-            info!("integrity check {}: ok: {}", c.name, c.detail);
-        } else {
-            warn!("integrity check {}: FAILED: {}", c.name, c.detail);
-        }
-    }
-}
-
-fn failed_checks(checks: &[postgres::Check]) -> String {
-    let failed: Vec<String> = checks
-        .iter()
-        .filter(|c| !c.ok)
-        .map(|c| format!("{} ({})", c.name, c.detail))
-        .collect();
-    if failed.is_empty() {
-        "none named".to_string()
-    } else {
-        failed.join(", ")
-    }
-}
-
-fn fmt_bytes(n: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut value = n as f64;
-    let mut unit = 0;
-    while value >= 1024.0 && unit < UNITS.len() - 1 {
-        value /= 1024.0;
-        unit += 1;
-    }
-    if unit == 0 {
-        format!("{n} B")
-    } else {
-        format!("{value:.1} {}", UNITS[unit])
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn params(pairs: &[(&str, &str)]) -> Params {
-        Params::from(
-            pairs
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect::<Vec<_>>(),
-        )
-    }
 
     #[test]
     fn describe_matches_the_runbook() {
@@ -983,7 +839,7 @@ mod tests {
 
     #[test]
     fn optional_params() {
-        let cfg = Config::from_params(&params(&[
+        let cfg = Config::from_params(&Params::from_strs(&[
             ("api-checks", ""),
             ("secret", ""),
             ("secret-source", ""),
@@ -995,24 +851,26 @@ mod tests {
 
     #[test]
     fn bad_params_are_named() {
-        let err = Config::from_params(&params(&[("rpo", "soon")])).unwrap_err();
+        let err = Config::from_params(&Params::from_strs(&[("rpo", "soon")])).unwrap_err();
         assert!(err.starts_with("parameter `rpo`"), "{err}");
-        let err = Config::from_params(&params(&[("services", "backend")])).unwrap_err();
+        let err = Config::from_params(&Params::from_strs(&[("services", "backend")])).unwrap_err();
         assert!(err.contains("`services`"), "{err}");
-        let err = Config::from_params(&params(&[("services", " , ")])).unwrap_err();
+        let err = Config::from_params(&Params::from_strs(&[("services", " , ")])).unwrap_err();
         assert!(err.contains("lists no services"), "{err}");
-        let err = Config::from_params(&params(&[("secret", "just-a-name")])).unwrap_err();
+        let err =
+            Config::from_params(&Params::from_strs(&[("secret", "just-a-name")])).unwrap_err();
         assert!(
             err.contains("`secret`") && err.contains("namespace/name"),
             "{err}"
         );
-        let err = Config::from_params(&params(&[("secret-source", " ")])).unwrap_err();
+        let err = Config::from_params(&Params::from_strs(&[("secret-source", " ")])).unwrap_err();
         assert!(err.contains("`secret-source` is empty"), "{err}");
-        let err = Config::from_params(&params(&[("application-bundles", ",")])).unwrap_err();
+        let err =
+            Config::from_params(&Params::from_strs(&[("application-bundles", ",")])).unwrap_err();
         assert!(err.contains("`application-bundles` lists nothing"), "{err}");
-        let err = Config::from_params(&params(&[("health-targets", "")])).unwrap_err();
+        let err = Config::from_params(&Params::from_strs(&[("health-targets", "")])).unwrap_err();
         assert!(err.contains("`health-targets` lists nothing"), "{err}");
-        let err = Config::from_params(&params(&[("database", "")])).unwrap_err();
+        let err = Config::from_params(&Params::from_strs(&[("database", "")])).unwrap_err();
         assert!(err.contains("`database` is empty"), "{err}");
     }
 
@@ -1065,17 +923,6 @@ mod tests {
             "missing in ns: frontend; present: backend"
         );
 
-        let q = rpo_question(
-            "s3://b/postgres/x.dump.gz",
-            3 * HOUR_MS + 12 * MINUTE_MS,
-            15 * MINUTE_MS,
-        );
-        assert_eq!(
-            q,
-            "backup s3://b/postgres/x.dump.gz is 3h12m old; RPO is 15m: up to 3h12m of writes \
-             will be lost (2h57m beyond the RPO). Restore it?"
-        );
-
         let cfg = Config::from_params(&Params::default()).unwrap();
         let note = declined_note(&cfg, "s3://b/k", 3 * HOUR_MS);
         assert!(
@@ -1090,7 +937,5 @@ mod tests {
             "resume-screening recovered after a complete cluster failure: database db restored \
              from postgres/x; backend, frontend running in ns and verified"
         );
-        assert_eq!(fmt_bytes(512), "512 B");
-        assert_eq!(fmt_bytes(905 * 1024 * 1024), "905.0 MiB");
     }
 }

@@ -35,7 +35,7 @@ const RESTART_SERVICES: &str = "restart-services";
 const VERIFY: &str = "verify";
 
 /// Steps: id, title, budget, mutates.
-const STEPS: &[(&str, &str, u64, bool)] = &[
+const STEPS: &[StepRow] = &[
     (STOP_SERVICES, "Stop affected services", 2 * MINUTE_MS, true),
     (
         IDENTIFY_CORRUPTION,
@@ -50,7 +50,7 @@ const STEPS: &[(&str, &str, u64, bool)] = &[
 
 /// Parameters: name, default, description. The defaults are both reported by
 /// `describe` and used when a parameter is absent from `run_step`.
-const PARAMS: &[(&str, &str, &str)] = &[
+const PARAMS: &[ParamRow] = &[
     (
         "namespace",
         "resume-screening",
@@ -100,11 +100,7 @@ const PARAMS: &[(&str, &str, &str)] = &[
 ];
 
 fn default_of(name: &str) -> &'static str {
-    PARAMS
-        .iter()
-        .find(|(n, _, _)| *n == name)
-        .map(|(_, d, _)| *d)
-        .unwrap_or("")
+    param_default(PARAMS, name)
 }
 
 /// The parameters, parsed and checked.
@@ -124,14 +120,7 @@ struct Config {
 
 impl Config {
     fn from_params(p: &Params) -> Result<Config, String> {
-        let text = |name: &str| -> Result<String, String> {
-            let v = p.get_or(name, default_of(name)).trim();
-            if v.is_empty() {
-                Err(format!("parameter `{name}` is empty"))
-            } else {
-                Ok(v.to_string())
-            }
-        };
+        let text = |name: &str| p.non_empty_or(name, default_of(name)).map(String::from);
         let services: Vec<(String, u32)> = p.pairs("services", default_of("services"))?;
         if services.is_empty() {
             return Err("parameter `services` lists no services (expected e.g. \"backend=3,celery-worker=2\")".into());
@@ -181,19 +170,13 @@ impl Guest for DatabaseCorruption {
                       integrity and health."
                     .into(),
             rto_ms: RTO_MS,
-            params: PARAMS
-                .iter()
-                .map(|(name, default, description)| param(name, description, Some(default)))
-                .collect(),
-            steps: STEPS
-                .iter()
-                .map(|(id, title, budget, mutates)| step(id, title, *budget, *mutates))
-                .collect(),
+            params: param_infos(PARAMS),
+            steps: step_infos(STEPS),
         }
     }
 
     fn run_step(id: String, params: Vec<(String, String)>) -> Result<StepOutcome, String> {
-        let run = || -> Result<StepOutcome, String> {
+        with_step_id(&id, || {
             let cfg = Config::from_params(&Params::from(params))?;
             match id.as_str() {
                 STOP_SERVICES => stop_services(&cfg),
@@ -201,13 +184,9 @@ impl Guest for DatabaseCorruption {
                 RESTORE => restore(&cfg),
                 RESTART_SERVICES => restart_services(&cfg),
                 VERIFY => verify(&cfg),
-                other => Err(unknown_step(
-                    other,
-                    &STEPS.iter().map(|s| s.0).collect::<Vec<_>>(),
-                )),
+                other => Err(unknown_step(other, &step_ids(STEPS))),
             }
-        };
-        run().map_err(|e| format!("{id}: {e}"))
+        })
     }
 }
 
@@ -258,9 +237,7 @@ fn stop_services(cfg: &Config) -> Result<StepOutcome, String> {
 /// operator wants a restore when the database looks healthy.
 fn identify_corruption(cfg: &Config) -> Result<StepOutcome, String> {
     let db = &cfg.database;
-    let report =
-        postgres::integrity_check(db).with_ctx(|| format!("integrity check of database {db}"))?;
-    log_checks(&report.checks);
+    let report = postgres::integrity_check_logged(db)?;
 
     let location = cfg.backup_location();
     let backup = object_store::newest(&cfg.bucket, &cfg.prefix)
@@ -286,7 +263,7 @@ fn identify_corruption(cfg: &Config) -> Result<StepOutcome, String> {
     if report.healthy {
         let question = format!(
             "integrity check found no corruption in {db} ({}); restore from backup anyway?",
-            summarize_checks(&report.checks)
+            postgres::summarize_checks(&report.checks)
         );
         let yes =
             operator::confirm(&question).ctx("asking the operator whether to restore anyway")?;
@@ -301,19 +278,9 @@ fn identify_corruption(cfg: &Config) -> Result<StepOutcome, String> {
             "no corruption found in {db}, restore requested by the operator; {backup_text}"
         )))
     } else {
-        let failed: Vec<String> = report
-            .checks
-            .iter()
-            .filter(|c| !c.ok)
-            .map(|c| format!("{} ({})", c.name, c.detail))
-            .collect();
         Ok(StepOutcome::Done(format!(
             "{db} is corrupt: failed checks: {}; {backup_text}",
-            if failed.is_empty() {
-                "none reported".to_string()
-            } else {
-                failed.join(", ")
-            }
+            join_or(&postgres::failed_checks(&report.checks), "none reported")
         )))
     }
 }
@@ -335,45 +302,18 @@ fn restore(cfg: &Config) -> Result<StepOutcome, String> {
         .ok_or_else(missing)?;
     let source = format!("s3://{}/{key}", cfg.bucket);
 
-    if age_ms > cfg.rpo_ms {
-        let question = rpo_question(&source, age_ms, cfg.rpo_ms);
-        warn!("{question}");
-        let yes =
-            operator::confirm(&question).ctx("asking the operator to accept the data loss")?;
-        if !yes {
-            return Ok(StepOutcome::Halt(format!(
-                "the operator declined to restore {db} from {source} ({} old; RPO is {}). {}",
-                fmt_duration(age_ms),
-                fmt_duration(cfg.rpo_ms),
-                stopped_services_note(cfg)
-            )));
-        }
-        warn!(
-            "operator accepted losing up to {} of writes to {db}",
-            fmt_duration(age_ms)
-        );
-    } else {
-        info!(
-            "backup {source} is {} old, within the RPO of {}",
+    if !postgres::accept_data_loss(db, &source, age_ms, cfg.rpo_ms)? {
+        return Ok(StepOutcome::Halt(format!(
+            "the operator declined to restore {db} from {source} ({} old; RPO is {}). {}",
             fmt_duration(age_ms),
-            fmt_duration(cfg.rpo_ms)
-        );
+            fmt_duration(cfg.rpo_ms),
+            stopped_services_note(cfg)
+        )));
     }
 
     let report = postgres::restore(db, &cfg.bucket, &key)
         .with_ctx(|| format!("restoring database {db} from {source}"))?;
-    let kept = match &report.kept_as {
-        Some(old) => format!("; the previous database is kept as {old}"),
-        None => String::new(),
-    };
-    let summary = format!(
-        "restored {} from {}: {} tables, {} read in {}{kept}",
-        report.database,
-        report.source,
-        report.tables,
-        fmt_bytes(report.bytes),
-        fmt_duration(report.duration_ms)
-    );
+    let summary = postgres::restore_summary(&report);
     info!("{summary}");
     Ok(StepOutcome::Done(summary))
 }
@@ -411,43 +351,16 @@ fn restart_services(cfg: &Config) -> Result<StepOutcome, String> {
 /// must answer healthy; then tell the notification channel, if any.
 fn verify(cfg: &Config) -> Result<StepOutcome, String> {
     let db = &cfg.database;
-    let report =
-        postgres::integrity_check(db).with_ctx(|| format!("integrity check of database {db}"))?;
-    log_checks(&report.checks);
+    let report = postgres::integrity_check_logged(db)?;
     if !report.healthy {
-        let failed: Vec<String> = report
-            .checks
-            .iter()
-            .filter(|c| !c.ok)
-            .map(|c| format!("{} ({})", c.name, c.detail))
-            .collect();
         return Err(format!(
             "database {db} is not healthy after the restore: failed checks: {}",
-            if failed.is_empty() {
-                "none named".to_string()
-            } else {
-                failed.join(", ")
-            }
+            join_or(&postgres::failed_checks(&report.checks), "none named")
         ));
     }
 
     let target = &cfg.health_target;
-    let check = health::wait_healthy(target, cfg.ready_timeout_ms).with_ctx(|| {
-        format!(
-            "waiting up to {} for health target {target}",
-            fmt_duration(cfg.ready_timeout_ms)
-        )
-    })?;
-    if !check.healthy {
-        return Err(format!(
-            "health target {target} is unhealthy: status {}: {}",
-            check.status, check.detail
-        ));
-    }
-    info!(
-        "health target {target} is healthy (status {}, {} ms)",
-        check.status, check.latency_ms
-    );
+    health::require_healthy(target, cfg.ready_timeout_ms)?;
 
     let mut summary = format!(
         "{db} passed {} integrity checks; {target} is healthy",
@@ -461,13 +374,7 @@ fn verify(cfg: &Config) -> Result<StepOutcome, String> {
         };
         // The recovery itself succeeded: a failed notification is reported,
         // not turned into a failed run.
-        match operator::notify(&cfg.notify_channel, &message) {
-            Ok(()) => summary.push_str(&format!("; notified {}", cfg.notify_channel)),
-            Err(e) => {
-                warn!("notifying channel {} failed: {e}", cfg.notify_channel);
-                summary.push_str(&format!("; notifying {} failed: {e}", cfg.notify_channel));
-            }
-        }
+        summary.push_str(&operator::notify_best_effort(&cfg.notify_channel, &message));
     }
     Ok(StepOutcome::Done(summary))
 }
@@ -509,64 +416,9 @@ fn services_note(ns: &str, counts: &[(String, u32)]) -> String {
     )
 }
 
-fn rpo_question(source: &str, age_ms: u64, rpo_ms: u64) -> String {
-    format!(
-        "backup {source} is {} old; RPO is {}: up to {} of writes will be lost ({} beyond the RPO). Restore it?",
-        fmt_duration(age_ms),
-        fmt_duration(rpo_ms),
-        fmt_duration(age_ms),
-        fmt_duration(age_ms - rpo_ms)
-    )
-}
-
-fn log_checks(checks: &[postgres::Check]) {
-    for c in checks {
-        if c.ok {
-            info!("integrity check {}: ok: {}", c.name, c.detail);
-        } else {
-            warn!("integrity check {}: FAILED: {}", c.name, c.detail);
-        }
-    }
-}
-
-fn summarize_checks(checks: &[postgres::Check]) -> String {
-    if checks.is_empty() {
-        return "no checks reported".into();
-    }
-    checks
-        .iter()
-        .map(|c| format!("{}: {}", c.name, c.detail))
-        .collect::<Vec<_>>()
-        .join("; ")
-}
-
-fn fmt_bytes(n: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut value = n as f64;
-    let mut unit = 0;
-    while value >= 1024.0 && unit < UNITS.len() - 1 {
-        value /= 1024.0;
-        unit += 1;
-    }
-    if unit == 0 {
-        format!("{n} B")
-    } else {
-        format!("{value:.1} {}", UNITS[unit])
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn params(pairs: &[(&str, &str)]) -> Params {
-        Params::from(
-            pairs
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect::<Vec<_>>(),
-        )
-    }
 
     #[test]
     fn describe_matches_the_runbook() {
@@ -616,13 +468,13 @@ mod tests {
 
     #[test]
     fn bad_params_are_named() {
-        let err = Config::from_params(&params(&[("rpo", "soon")])).unwrap_err();
+        let err = Config::from_params(&Params::from_strs(&[("rpo", "soon")])).unwrap_err();
         assert!(err.starts_with("parameter `rpo`"), "{err}");
-        let err = Config::from_params(&params(&[("services", "backend")])).unwrap_err();
+        let err = Config::from_params(&Params::from_strs(&[("services", "backend")])).unwrap_err();
         assert!(err.contains("`services`"), "{err}");
-        let err = Config::from_params(&params(&[("services", " , ")])).unwrap_err();
+        let err = Config::from_params(&Params::from_strs(&[("services", " , ")])).unwrap_err();
         assert!(err.contains("lists no services"), "{err}");
-        let err = Config::from_params(&params(&[("database", "")])).unwrap_err();
+        let err = Config::from_params(&Params::from_strs(&[("database", "")])).unwrap_err();
         assert!(err.contains("`database` is empty"), "{err}");
     }
 
@@ -635,22 +487,10 @@ mod tests {
 
     #[test]
     fn messages() {
-        let q = rpo_question(
-            "s3://b/postgres/x.dump.gz",
-            3 * HOUR_MS + 12 * MINUTE_MS,
-            15 * MINUTE_MS,
-        );
-        assert_eq!(
-            q,
-            "backup s3://b/postgres/x.dump.gz is 3h12m old; RPO is 15m: up to 3h12m of writes \
-             will be lost (2h57m beyond the RPO). Restore it?"
-        );
         let note = services_note("ns", &[("backend".into(), 3), ("celery-worker".into(), 2)]);
         assert!(note.contains(
             "still scaled to 0 in ns: backend (previously 3), celery-worker (previously 2)"
         ));
         assert!(note.contains("kubectl -n ns scale deployment backend --replicas=3"));
-        assert_eq!(fmt_bytes(512), "512 B");
-        assert_eq!(fmt_bytes(905 * 1024 * 1024), "905.0 MiB");
     }
 }

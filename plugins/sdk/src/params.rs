@@ -42,6 +42,29 @@ impl Params {
         self.get(name).unwrap_or(default)
     }
 
+    /// Builds parameters from string pairs, e.g. in a plugin's unit tests:
+    /// `Params::from_strs(&[("rpo", "15m")])`.
+    pub fn from_strs(pairs: &[(&str, &str)]) -> Self {
+        Params::new(
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        )
+    }
+
+    /// The value of `name` (or `default` when absent), trimmed; an error
+    /// saying "parameter `name` is empty" when that is blank. For parameters
+    /// that have a default but must not be set to nothing.
+    pub fn non_empty_or<'a>(&'a self, name: &str, default: &'a str) -> Result<&'a str, String> {
+        let value = self.get_or(name, default).trim();
+        if value.is_empty() {
+            Err(format!("parameter `{name}` is empty"))
+        } else {
+            Ok(value)
+        }
+    }
+
     /// The value of `name`; an error saying the parameter is missing or empty
     /// otherwise.
     pub fn required(&self, name: &str) -> Result<&str, String> {
@@ -131,12 +154,7 @@ mod tests {
     use super::*;
 
     fn p(pairs: &[(&str, &str)]) -> Params {
-        Params::from(
-            pairs
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect::<Vec<_>>(),
-        )
+        Params::from_strs(pairs)
     }
 
     #[test]
@@ -153,6 +171,28 @@ mod tests {
         assert!(ps.required("empty").unwrap_err().contains("is empty"));
         assert_eq!(ps.parse_or::<u32>("a", "0"), Ok(2));
         assert!(ps.parse_or::<u32>("empty", "0").is_err());
+    }
+
+    #[test]
+    fn from_strs_and_non_empty() {
+        let ps = Params::from_strs(&[("ns", " payments "), ("blank", "  ")]);
+        assert_eq!(
+            ps,
+            Params::from(vec![
+                ("ns".to_string(), " payments ".to_string()),
+                ("blank".to_string(), "  ".to_string())
+            ])
+        );
+        assert_eq!(ps.non_empty_or("ns", "default"), Ok("payments"));
+        assert_eq!(ps.non_empty_or("absent", " default "), Ok("default"));
+        assert_eq!(
+            ps.non_empty_or("blank", "default"),
+            Err("parameter `blank` is empty".to_string())
+        );
+        assert_eq!(
+            ps.non_empty_or("absent", ""),
+            Err("parameter `absent` is empty".to_string())
+        );
     }
 
     #[test]

@@ -61,7 +61,7 @@ const REMEDIATION: &str = "remediation";
 const RESTORE_SERVICES: &str = "restore-services";
 
 /// Steps: id, title, budget, mutates.
-const STEPS: &[(&str, &str, u64, bool)] = &[
+const STEPS: &[StepRow] = &[
     (
         IMMEDIATE_RESPONSE,
         "Immediate response: isolate, revoke credentials, enable logging",
@@ -96,7 +96,7 @@ const STEPS: &[(&str, &str, u64, bool)] = &[
 
 /// Parameters: name, default, description. The defaults are both reported by
 /// `describe` and used when a parameter is absent from `run_step`.
-const PARAMS: &[(&str, &str, &str)] = &[
+const PARAMS: &[ParamRow] = &[
     (
         "namespace",
         "resume-screening",
@@ -172,11 +172,7 @@ const PARAMS: &[(&str, &str, &str)] = &[
 ];
 
 fn default_of(name: &str) -> &'static str {
-    PARAMS
-        .iter()
-        .find(|(n, _, _)| *n == name)
-        .map(|(_, d, _)| *d)
-        .unwrap_or("")
+    param_default(PARAMS, name)
 }
 
 /// The parameters, parsed and checked.
@@ -235,14 +231,7 @@ fn parse_counts(raw: &str, deployments: &[String]) -> Result<Vec<(String, u32)>,
 
 impl Config {
     fn from_params(p: &Params) -> Result<Config, String> {
-        let text = |name: &str| -> Result<String, String> {
-            let v = p.get_or(name, default_of(name)).trim();
-            if v.is_empty() {
-                Err(format!("parameter `{name}` is empty"))
-            } else {
-                Ok(v.to_string())
-            }
-        };
+        let text = |name: &str| p.non_empty_or(name, default_of(name)).map(String::from);
         let deployments = p.list("isolate", default_of("isolate"));
         if deployments.is_empty() {
             return Err(
@@ -323,38 +312,31 @@ impl Guest for SecurityBreach {
                       brings the services back and verifies their health."
                 .into(),
             rto_ms: RTO_MS,
-            params: PARAMS
-                .iter()
-                .map(|(name, default, description)| param(name, description, Some(default)))
-                .collect(),
-            steps: STEPS
-                .iter()
-                .map(|(id, title, budget, mutates)| step(id, title, *budget, *mutates))
-                .collect(),
+            params: param_infos(PARAMS),
+            steps: step_infos(STEPS),
         }
     }
 
     fn run_step(id: String, params: Vec<(String, String)>) -> Result<StepOutcome, String> {
-        let cfg = Config::from_params(&Params::from(params)).map_err(|e| format!("{id}: {e}"))?;
-        let result = match id.as_str() {
-            IMMEDIATE_RESPONSE => immediate_response(&cfg),
-            CONTAINMENT => containment(&cfg),
-            INVESTIGATION => investigation(&cfg),
-            REMEDIATION => remediation(&cfg),
-            RESTORE_SERVICES => restore_services(&cfg),
-            other => Err(unknown_step(
-                other,
-                &STEPS.iter().map(|s| s.0).collect::<Vec<_>>(),
-            )),
-        };
-        result.map_err(|e| {
-            // Between isolation and restore-services the deployments stay at
-            // 0: say so, and how to bring them back by hand.
-            if [CONTAINMENT, INVESTIGATION, REMEDIATION].contains(&id.as_str()) {
-                format!("{id}: {e}. {}", isolation_note(&cfg))
-            } else {
-                format!("{id}: {e}")
-            }
+        with_step_id(&id, || {
+            let cfg = Config::from_params(&Params::from(params))?;
+            let result = match id.as_str() {
+                IMMEDIATE_RESPONSE => immediate_response(&cfg),
+                CONTAINMENT => containment(&cfg),
+                INVESTIGATION => investigation(&cfg),
+                REMEDIATION => remediation(&cfg),
+                RESTORE_SERVICES => restore_services(&cfg),
+                other => Err(unknown_step(other, &step_ids(STEPS))),
+            };
+            result.map_err(|e| {
+                // Between isolation and restore-services the deployments stay
+                // at 0: say so, and how to bring them back by hand.
+                if [CONTAINMENT, INVESTIGATION, REMEDIATION].contains(&id.as_str()) {
+                    format!("{e}. {}", isolation_note(&cfg))
+                } else {
+                    e
+                }
+            })
         })
     }
 }
@@ -725,25 +707,11 @@ fn restore_services(cfg: &Config) -> Result<StepOutcome, String> {
     let db = &cfg.database;
 
     // Check the database before letting traffic back in.
-    let report =
-        postgres::integrity_check(db).with_ctx(|| format!("integrity check of database {db}"))?;
-    for c in &report.checks {
-        if c.ok {
-            info!("integrity check {}: ok: {}", c.name, c.detail);
-        } else {
-            warn!("integrity check {}: FAILED: {}", c.name, c.detail);
-        }
-    }
+    let report = postgres::integrity_check_logged(db)?;
     if !report.healthy {
-        let failed: Vec<String> = report
-            .checks
-            .iter()
-            .filter(|c| !c.ok)
-            .map(|c| format!("{} ({})", c.name, c.detail))
-            .collect();
         return Err(format!(
             "database {db} fails its integrity check: {}; the services are NOT brought back. {}",
-            failed.join(", "),
+            postgres::failed_checks(&report.checks).join(", "),
             isolation_note(cfg)
         ));
     }
@@ -774,22 +742,7 @@ fn restore_services(cfg: &Config) -> Result<StepOutcome, String> {
     }
 
     let target = &cfg.health_target;
-    let check = health::wait_healthy(target, cfg.health_timeout_ms).with_ctx(|| {
-        format!(
-            "waiting up to {} for health target {target}",
-            fmt_duration(cfg.health_timeout_ms)
-        )
-    })?;
-    if !check.healthy {
-        return Err(format!(
-            "health target {target} is unhealthy: status {}: {}",
-            check.status, check.detail
-        ));
-    }
-    info!(
-        "health target {target} is healthy (status {}, {} ms)",
-        check.status, check.latency_ms
-    );
+    health::require_healthy(target, cfg.health_timeout_ms)?;
 
     let restored = match state::get(RESTORED_KEY).ok().flatten() {
         Some(key) => {
@@ -866,40 +819,11 @@ fn isolation_text(ns: &str, counts: &[(String, u32)]) -> String {
 /// Posts to the incident channel, best effort: returns the note for the
 /// step's message.
 fn notify(cfg: &Config, message: &str) -> String {
-    let channel = &cfg.notify_channel;
-    if channel.is_empty() {
-        return String::new();
-    }
-    match operator::notify(channel, message) {
-        Ok(()) => format!("; notified {channel}"),
-        Err(e) => {
-            warn!("notifying channel {channel} failed: {e}");
-            format!("; notifying {channel} failed: {e}")
-        }
-    }
+    operator::notify_best_effort(&cfg.notify_channel, message)
 }
 
 fn objects_text(objects: &[String]) -> String {
-    if objects.is_empty() {
-        "no objects".into()
-    } else {
-        objects.join(", ")
-    }
-}
-
-fn fmt_bytes(n: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut value = n as f64;
-    let mut unit = 0;
-    while value >= 1024.0 && unit < UNITS.len() - 1 {
-        value /= 1024.0;
-        unit += 1;
-    }
-    if unit == 0 {
-        format!("{n} B")
-    } else {
-        format!("{value:.1} {}", UNITS[unit])
-    }
+    join_or(objects, "no objects")
 }
 
 // ---- Time: the operator's cut-off ------------------------------------------
@@ -1093,15 +1017,6 @@ fn fmt_rfc3339(ms: u64) -> String {
 mod tests {
     use super::*;
 
-    fn params(pairs: &[(&str, &str)]) -> Params {
-        Params::from(
-            pairs
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect::<Vec<_>>(),
-        )
-    }
-
     #[test]
     fn describe_matches_the_runbook() {
         let info = SecurityBreach::describe();
@@ -1181,19 +1096,22 @@ mod tests {
 
     #[test]
     fn bad_params_are_named() {
-        let err =
-            Config::from_params(&params(&[("secret", "resume-screening-secrets")])).unwrap_err();
+        let err = Config::from_params(&Params::from_strs(&[(
+            "secret",
+            "resume-screening-secrets",
+        )]))
+        .unwrap_err();
         assert!(
             err.contains("`secret`") && err.contains("namespace/name"),
             "{err}"
         );
-        let err = Config::from_params(&params(&[("isolate", " ")])).unwrap_err();
+        let err = Config::from_params(&Params::from_strs(&[("isolate", " ")])).unwrap_err();
         assert!(err.contains("`isolate`"), "{err}");
-        let err = Config::from_params(&params(&[("secret-source", "")])).unwrap_err();
+        let err = Config::from_params(&Params::from_strs(&[("secret-source", "")])).unwrap_err();
         assert!(err.contains("`secret-source` is empty"), "{err}");
-        let err = Config::from_params(&params(&[("ready-timeout", "4")])).unwrap_err();
+        let err = Config::from_params(&Params::from_strs(&[("ready-timeout", "4")])).unwrap_err();
         assert!(err.starts_with("parameter `ready-timeout`"), "{err}");
-        let cfg = Config::from_params(&params(&[("notify-channel", "")])).unwrap();
+        let cfg = Config::from_params(&Params::from_strs(&[("notify-channel", "")])).unwrap();
         assert_eq!(cfg.notify_channel, "");
     }
 
@@ -1331,6 +1249,5 @@ mod tests {
             "Still isolated (0 replicas) in ns: backend (previously 3). To bring them back once \
              it is safe: kubectl -n ns scale deployment backend --replicas=3"
         );
-        assert_eq!(fmt_bytes(734_003_200), "700.0 MiB");
     }
 }
