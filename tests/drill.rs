@@ -451,3 +451,57 @@ fn time_scale_needs_a_simulation() {
     );
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
 }
+
+#[test]
+fn secrets_in_errors_reach_no_log_console_or_report() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = repo_root();
+    // A backend error that carries a connection string, a password and a
+    // token (as a careless driver message would).
+    let fixture = std::fs::read_to_string(root.join("runbooks/fixtures/database-corruption/restore-fails.toml"))
+        .expect("fixture")
+        .replace(
+            "message = \"server closed the connection unexpectedly during COPY candidates\"",
+            "message = \"server closed the connection unexpectedly: postgres://app:hunter2@db:5432/rs password=hunter2 url https://hooks/x?token=tok-hunter2\"",
+        )
+        .replace(
+            "runbook = \"../../database-corruption.toml\"",
+            &format!(
+                "runbook = \"{}\"",
+                root.join("runbooks/database-corruption.toml").display()
+            ),
+        );
+    assert!(fixture.contains("hunter2"));
+    let path = dir.path().join("leaky.toml");
+    std::fs::write(&path, fixture).expect("write fixture");
+    let (code, report, stem, out) = drill(
+        dir.path(),
+        &root.join("runbooks/database-corruption.toml"),
+        &path,
+        &[],
+    );
+    assert_eq!(code, 1, "{out}");
+    assert!(!out.contains("hunter2"), "console:\n{out}");
+    assert!(out.contains("[redacted]"), "console:\n{out}");
+    let audit =
+        std::fs::read_to_string(report["audit"]["path"].as_str().expect("path")).expect("audit");
+    assert!(!audit.contains("hunter2"), "audit log holds the secret");
+    assert!(
+        audit.contains("postgres://app:[redacted]@db:5432/rs"),
+        "{audit}"
+    );
+    for ext in ["json", "md", "html"] {
+        let text = std::fs::read_to_string(with_ext(&stem, ext)).expect("report");
+        assert!(!text.contains("hunter2"), "{ext} report holds the secret");
+    }
+    // What was redacted is still readable: the step and the failure.
+    assert_eq!(report["outcome_step"], "restore");
+    assert!(
+        report["outcome_message"]
+            .as_str()
+            .expect("message")
+            .contains("server closed the connection")
+    );
+    // The chain verifies: redaction happens before hashing.
+    assert_eq!(report["audit"]["verified"], true);
+}

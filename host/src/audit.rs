@@ -658,6 +658,11 @@ impl AuditWriter {
         self.check_poisoned()?;
         let seq = self.seq;
         self.line.clear();
+        // Secrets never reach the log (see `crate::redact`): redacted
+        // copies only when something needed it.
+        let args = event.args.as_deref().and_then(crate::redact::raw);
+        let outcome = event.outcome.as_deref().and_then(crate::redact::raw);
+        let message = event.message.as_deref().map(crate::redact::text);
         let body = Body {
             seq,
             ts: Ts(clamped_now()),
@@ -667,10 +672,10 @@ impl AuditWriter {
             event: event.kind,
             capability: event.capability.as_deref(),
             operation: event.operation.as_deref(),
-            args: event.args.as_deref(),
-            outcome: event.outcome.as_deref(),
+            args: args.as_deref().or(event.args.as_deref()),
+            outcome: outcome.as_deref().or(event.outcome.as_deref()),
             duration_ms: event.duration_ms,
-            message: event.message.as_deref(),
+            message: message.as_deref(),
             prev: &self.prev,
         };
         if let Err(e) = serde_json::to_writer(&mut self.line, &body) {

@@ -149,6 +149,7 @@ impl PluginCtx {
         match &self.gate {
             Some(g) => g.plugin_log(&self.scope.step, level, message),
             None => {
+                let message = crate::redact::text(message);
                 tracing::info!(target: "plugin", "describe: {}: {message}", level.as_str());
                 Ok(())
             }

@@ -23,6 +23,7 @@ pub mod mock_faults;
 pub mod plugin;
 pub mod policy;
 pub mod recovery_report;
+pub mod redact;
 pub mod report;
 pub mod runbook;
 pub mod runner;

@@ -632,6 +632,7 @@ async fn run_step(
                     .message(t.clone()),
             )?;
             for line in t.lines() {
+                let line = crate::redact::text(line);
                 tracing::info!(target: "plugin", step = %info.id, stream = name, "{line}");
             }
             text.push_str(&t);

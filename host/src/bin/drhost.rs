@@ -478,7 +478,7 @@ async fn dispatch(cli: Cli, clock: RunClock) -> Result<i32, Failure> {
                 let text = serde_json::to_string_pretty(&report).map_err(host_failure)?;
                 println!("{text}");
             } else {
-                eprint!("{}", drhost::report::render(&report));
+                eprint!("{}", drhost::redact::text(&drhost::report::render(&report)));
             }
             Ok(exit_code(&report.outcome))
         }
@@ -1196,7 +1196,7 @@ async fn drill(
         clock,
     )
     .await?;
-    eprint!("{}", drhost::report::render(&report));
+    eprint!("{}", drhost::redact::text(&drhost::report::render(&report)));
     let recovery = drhost::recovery_report::RecoveryReport::from_audit(&report.audit_path)
         .map_err(host_failure)?;
     std::fs::create_dir_all(report_dir)
@@ -1260,11 +1260,14 @@ impl Console {
             eprint!("\r\x1b[2K");
         }
     }
+    /// Prints one console line, redacted (`drhost::redact`): plugin
+    /// messages and call arguments can carry what should not be on a
+    /// screen that is shared during an incident.
     fn line(&self, s: &str) {
         if self.tty {
             eprint!("\r\x1b[2K");
         }
-        eprintln!("{s}");
+        eprintln!("{}", drhost::redact::text(s));
     }
 }
 
