@@ -158,6 +158,7 @@ pub mod support {
             run_id: None,
             clock: drhost::sim::RunClock::Real,
             simulation: Some(fixture.path.display().to_string()),
+            audit_mirror: None,
         };
         runner::run(engine, plugin, rb, caps, options, Arc::new(NullObserver))
             .await

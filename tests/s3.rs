@@ -690,3 +690,124 @@ async fn web_identity_credentials_come_from_sts_and_are_cached() {
     assert!(msg.contains("AccessDenied"), "{msg}");
     assert!(!msg.contains("a-stolen-token"), "{msg}");
 }
+
+mod audit_mirror {
+    //! `[run] audit_mirror`: the audit log copied to a bucket after every
+    //! step and at run end, byte for byte; a bucket that refuses the copy
+    //! never fails the recovery, and the report says the log is not off
+    //! the machine.
+
+    use std::sync::Arc;
+
+    use drhost::audit_mirror::{AuditMirror, S3AuditSink};
+    use drhost::capability::operator::AutoApprove;
+    use drhost::engine::DrEngine;
+    use drhost::fixture::Fixture;
+    use drhost::runbook::{AuditMirrorTarget, Runbook};
+    use drhost::runner::{self, NullObserver, RunOptions, RunOutcome};
+    use drhost_tests::support::{load, misbehave_fixture, misbehave_runbook};
+
+    use super::*;
+
+    async fn run_mirrored(
+        server: &S3Server,
+        secret_key: &str,
+        each_step: bool,
+    ) -> (runner::RunReport, tempfile::TempDir) {
+        drhost::capability::install_crypto_provider();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let engine = DrEngine::new(Some(dir.path().join("cache"))).expect("engine");
+        let rb = Runbook::load(&misbehave_runbook(dir.path(), "ok", "5s", true)).expect("runbook");
+        let plugin = load(&engine, &rb, &drhost_tests::plugin("misbehave"))
+            .await
+            .expect("plugin");
+        let fixture = Fixture::load(&misbehave_fixture(dir.path(), "")).expect("fixture");
+        let cfg = S3Config {
+            secret_access_key: Some(secret_key.to_owned()),
+            ..config(&server.endpoint, server)
+        };
+        let sink = S3AuditSink::new(
+            cfg,
+            AuditMirrorTarget {
+                bucket: "audit-trail".into(),
+                prefix: "audit/prod/".into(),
+                each_step,
+            },
+        )
+        .expect("sink");
+        let options = RunOptions {
+            audit_dir: dir.path().join("audit"),
+            dry_run: false,
+            run_id: None,
+            clock: drhost::sim::RunClock::Real,
+            simulation: None,
+            audit_mirror: Some(AuditMirror {
+                sink: Arc::new(sink),
+                each_step,
+            }),
+        };
+        let caps = fixture.env.capabilities(Arc::new(AutoApprove));
+        let report = runner::run(&engine, &plugin, &rb, caps, options, Arc::new(NullObserver))
+            .await
+            .expect("run");
+        (report, dir)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_whole_log_lands_in_the_bucket() {
+        let server = S3Server::start().await.expect("server");
+        server.create_bucket("audit-trail").await.expect("bucket");
+        for each_step in [false, true] {
+            let (report, _dir) = run_mirrored(&server, &server.secret_key, each_step).await;
+            assert_eq!(report.outcome, RunOutcome::Completed);
+            let name = report.audit_path.file_name().expect("name");
+            let key = format!("audit/prod/{}", name.to_string_lossy());
+            let copied = std::fs::read(server.object_path("audit-trail", &key)).expect("the copy");
+            let local = std::fs::read(&report.audit_path).expect("the log");
+            assert_eq!(
+                copied, local,
+                "each_step={each_step}: the copy is the whole log"
+            );
+            assert!(
+                String::from_utf8_lossy(&copied).contains("\"run-end\""),
+                "the copy holds the run's end"
+            );
+            match &report.audit_mirror {
+                Some(Ok(to)) => assert!(to.starts_with(&format!("s3://audit-trail/{key}")), "{to}"),
+                other => panic!("{other:?}"),
+            }
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_refused_copy_does_not_stop_the_recovery() {
+        // (A missing bucket is no test here: s3s-fs creates it on PUT.)
+        let server = S3Server::start().await.expect("server");
+        server.create_bucket("audit-trail").await.expect("bucket");
+        // The wrong secret: every copy is refused (403).
+        let (report, _dir) = run_mirrored(&server, "not-the-secret", true).await;
+        assert_eq!(
+            report.outcome,
+            RunOutcome::Completed,
+            "{:?}",
+            report.outcome
+        );
+        match &report.audit_mirror {
+            Some(Err(e)) => assert!(e.contains("audit-trail"), "{e}"),
+            other => panic!("{other:?}"),
+        }
+        // Each failed per-step copy is recorded in the log itself.
+        let log = std::fs::read_to_string(&report.audit_path).expect("log");
+        assert_eq!(
+            log.matches("could not be copied to s3://audit-trail/audit/prod/")
+                .count(),
+            report.steps.len()
+        );
+        assert!(
+            drhost::audit::verify(&report.audit_path)
+                .expect("verify")
+                .is_ok()
+        );
+        assert!(drhost::report::render(&report).contains("NOT copied off this machine"));
+    }
+}

@@ -327,6 +327,17 @@ async fn cluster_failure_rebuilds_an_empty_cluster_and_restores_the_database() {
             secrets.display()
         ),
     );
+    // The trail leaves the machine: copied to the bucket after every step.
+    let text = std::fs::read_to_string(&runbook).expect("runbook");
+    std::fs::write(
+        &runbook,
+        text.replacen(
+            "[run]\n",
+            "[run]\naudit_mirror = \"s3://resume-screening-backups/audit/\"\naudit_mirror_each_step = true\n",
+            1,
+        ),
+    )
+    .expect("write runbook");
     let audit = sc.audit_dir();
     let (ok, out) = sc
         .drhost(&[
@@ -338,6 +349,26 @@ async fn cluster_failure_rebuilds_an_empty_cluster_and_restores_the_database() {
         ])
         .await;
     assert!(ok, "drhost run failed:\n{out}");
+    assert!(
+        out.contains("audit log copied to s3://resume-screening-backups/audit/"),
+        "{out}"
+    );
+    let log = std::fs::read_dir(&audit)
+        .expect("audit dir")
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .find(|p| p.to_string_lossy().ends_with(".audit.jsonl"))
+        .expect("an audit log");
+    let name = log
+        .file_name()
+        .expect("name")
+        .to_string_lossy()
+        .into_owned();
+    assert_eq!(
+        std::fs::read(sc.s3.object_path(BUCKET, &format!("audit/{name}"))).expect("the copy"),
+        std::fs::read(&log).expect("the log"),
+        "the bucket holds the whole log"
+    );
 
     // Infrastructure from the shipped manifests, the secret from its source.
     assert!(

@@ -272,6 +272,7 @@ async fn bench() {
             run_id: None,
             clock: drhost::sim::RunClock::Real,
             simulation: None,
+            audit_mirror: None,
         };
         let r = runner::run(&engine, &mbp, &mb_rb, caps, opts, Arc::new(NullObserver))
             .await

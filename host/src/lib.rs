@@ -10,6 +10,7 @@
 //! drill and an incident. See ARCHITECTURE.md for the map.
 
 pub mod audit;
+pub mod audit_mirror;
 pub mod backends;
 pub mod bindings;
 pub mod capability;

@@ -92,6 +92,15 @@ pub fn render(report: &RunReport) -> String {
         let _ = writeln!(s, "  {denied} call(s) denied by policy (see the audit log)");
     }
     let _ = writeln!(s, "  audit log: {}", report.audit_path.display());
+    match &report.audit_mirror {
+        Some(Ok(to)) => {
+            let _ = writeln!(s, "  audit log copied to {to}");
+        }
+        Some(Err(e)) => {
+            let _ = writeln!(s, "  audit log NOT copied off this machine: {e}");
+        }
+        None => {}
+    }
     let _ = writeln!(
         s,
         "  verify it: drhost audit verify {}",

@@ -118,6 +118,12 @@ pub struct RawRun {
     pub call_timeout: Option<String>,
     /// Per-instance memory limit in MiB.
     pub memory_limit_mib: Option<u64>,
+    /// Copy the audit log to this object-store location at run end
+    /// (`s3://bucket/prefix/`), so the trail survives the machine.
+    pub audit_mirror: Option<String>,
+    /// Also copy it after every step (default false).
+    #[serde(default)]
+    pub audit_mirror_each_step: bool,
 }
 
 /// What the runbook requires of the plugin's identity.
@@ -154,6 +160,47 @@ pub struct Runbook {
     pub grants: Grants,
     /// Real backends configured (`[backends]`).
     pub backends: crate::backends::Backends,
+    /// `[run] audit_mirror`: where the audit log is copied.
+    pub audit_mirror: Option<AuditMirrorTarget>,
+}
+
+/// Where `[run] audit_mirror` copies the audit log: `s3://bucket/prefix`,
+/// with the object store's client settings from `[backends.object_store]`
+/// (or the environment's).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditMirrorTarget {
+    /// Bucket.
+    pub bucket: String,
+    /// Key prefix (ends with `/` unless empty).
+    pub prefix: String,
+    /// After every step too, not only at run end.
+    pub each_step: bool,
+}
+
+/// Parses `s3://bucket/prefix`.
+///
+/// # Errors
+/// A message saying what is expected.
+pub fn parse_s3_location(s: &str) -> Result<(String, String), String> {
+    let rest = s
+        .strip_prefix("s3://")
+        .ok_or_else(|| format!("expected s3://BUCKET/PREFIX, got {s:?}"))?;
+    let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+    if bucket.is_empty()
+        || !bucket
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
+    {
+        return Err(format!("{s:?}: {bucket:?} is not a bucket name"));
+    }
+    if prefix.split('/').any(|seg| seg == "..") {
+        return Err(format!("{s:?}: the prefix must not contain `..`"));
+    }
+    let mut prefix = prefix.to_owned();
+    if !prefix.is_empty() && !prefix.ends_with('/') {
+        prefix.push('/');
+    }
+    Ok((bucket.to_owned(), prefix))
 }
 
 impl Runbook {
@@ -261,7 +308,26 @@ impl Runbook {
         let mut backends = crate::backends::Backends::validate(raw.backends)
             .map_err(|(field, problem)| invalid(&field, problem))?;
         backends.resolve_paths(path.parent().unwrap_or(Path::new(".")));
+        let audit_mirror = match &raw.run.audit_mirror {
+            Some(loc) => {
+                let (bucket, prefix) =
+                    parse_s3_location(loc).map_err(|p| invalid("run.audit_mirror", p))?;
+                Some(AuditMirrorTarget {
+                    bucket,
+                    prefix,
+                    each_step: raw.run.audit_mirror_each_step,
+                })
+            }
+            None if raw.run.audit_mirror_each_step => {
+                return Err(invalid(
+                    "run.audit_mirror_each_step",
+                    "needs run.audit_mirror (s3://BUCKET/PREFIX)".into(),
+                ));
+            }
+            None => None,
+        };
         Ok(Runbook {
+            audit_mirror,
             path: path.to_owned(),
             plugin,
             rto,
@@ -322,5 +388,59 @@ pub fn fmt_duration(d: Duration) -> String {
         format!("{}m{:02}s", ms / 60_000, (ms / 1000) % 60)
     } else {
         format!("{}h{:02}m", ms / 3_600_000, (ms / 60_000) % 60)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BASE: &str = "[plugin]\npath = \"p.wasm\"\nrequire = \"x@^1\"\n";
+
+    #[test]
+    fn audit_mirror_locations() {
+        assert_eq!(
+            parse_s3_location("s3://trail/audit/prod"),
+            Ok(("trail".into(), "audit/prod/".into()))
+        );
+        assert_eq!(
+            parse_s3_location("s3://trail"),
+            Ok(("trail".into(), String::new()))
+        );
+        for bad in ["trail/audit", "s3:///x", "s3://Trail/x", "s3://t/../x"] {
+            assert!(parse_s3_location(bad).is_err(), "{bad}");
+        }
+        let rb = Runbook::parse(
+            Path::new("rb.toml"),
+            &format!(
+                "{BASE}[run]\naudit_mirror = \"s3://trail/a\"\naudit_mirror_each_step = true\n"
+            ),
+        )
+        .expect("valid");
+        assert_eq!(
+            rb.audit_mirror,
+            Some(AuditMirrorTarget {
+                bucket: "trail".into(),
+                prefix: "a/".into(),
+                each_step: true
+            })
+        );
+        let e = Runbook::parse(
+            Path::new("rb.toml"),
+            &format!("{BASE}[run]\naudit_mirror = \"/var/log\"\n"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("rb.toml") && e.contains("run.audit_mirror"),
+            "{e}"
+        );
+        let e = Runbook::parse(
+            Path::new("rb.toml"),
+            &format!("{BASE}[run]\naudit_mirror_each_step = true\n"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("needs run.audit_mirror"), "{e}");
     }
 }

@@ -89,6 +89,8 @@ pub struct RunOptions {
     /// The simulated environment, when the backends are mocks: the fixture
     /// file and its description (recorded in the audit log for reports).
     pub simulation: Option<String>,
+    /// Copies of the audit log off the machine (`[run] audit_mirror`).
+    pub audit_mirror: Option<crate::audit_mirror::AuditMirror>,
 }
 
 /// How a step ended.
@@ -216,6 +218,9 @@ pub struct RunReport {
     pub calls: Vec<CallRecord>,
     /// The plugin's state at the end.
     pub state: BTreeMap<String, String>,
+    /// Where the audit log was copied at run end (`Ok`), or why it could
+    /// not be (`Err`); `None` when no mirror is configured.
+    pub audit_mirror: Option<Result<String, String>>,
 }
 
 impl RunReport {
@@ -453,6 +458,21 @@ pub async fn run(
                 .duration(step_started.elapsed()),
         )?;
         observer.step_finished(&report);
+        if let Some(m) = options.audit_mirror.as_ref().filter(|m| m.each_step)
+            && let Err(e) = m.sink.mirror(&gate.audit_path()).await
+        {
+            let msg = format!(
+                "the audit log could not be copied to {} after step {}: {e}",
+                m.sink.location(),
+                info.id
+            );
+            observer.warning(&msg);
+            gate.record(
+                Event::new(EventKind::Note)
+                    .step(info.id.clone())
+                    .message(msg),
+            )?;
+        }
         let stop = !matches!(report.status, StepStatus::Done(_));
         if stop {
             outcome = RunOutcome::Stopped {
@@ -497,6 +517,21 @@ pub async fn run(
             }))
             .duration(elapsed),
     )?;
+    // The run-end record is on disk: the copy holds the whole run.
+    let audit_mirror = match &options.audit_mirror {
+        Some(m) => {
+            let r = m.sink.mirror(&audit_path).await;
+            if let Err(e) = &r {
+                observer.warning(&format!(
+                    "the audit log could not be copied to {}: {e}; it is only at {}",
+                    m.sink.location(),
+                    audit_path.display()
+                ));
+            }
+            Some(r)
+        }
+        None => None,
+    };
     Ok(RunReport {
         run_id,
         plugin: plugin.identity(),
@@ -509,6 +544,7 @@ pub async fn run(
         rto,
         calls: gate.calls(),
         state: state.snapshot(),
+        audit_mirror,
     })
 }
 

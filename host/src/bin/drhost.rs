@@ -877,12 +877,14 @@ async fn execute(
         );
     }
     let observer = Arc::new(Console::new(verbose > 0));
+    let audit_mirror = audit_mirror(rb, clock)?;
     let options = RunOptions {
         audit_dir: audit_dir.to_owned(),
         dry_run,
         run_id: Some(run_id),
         clock,
         simulation: fixture.map(|f| format!("{} ({})", f.path.display(), f.description)),
+        audit_mirror,
     };
     runner::run(engine, plugin, rb, caps, options, observer)
         .await
@@ -1153,6 +1155,48 @@ async fn test(
         }
         Ok(1)
     }
+}
+
+/// The runbook's `[run] audit_mirror`, with the object store's client
+/// settings (`[backends.object_store]`, else the environment). Simulated
+/// runs are not mirrored: their logs are drills on a laptop, not evidence.
+fn audit_mirror(
+    rb: &Runbook,
+    clock: RunClock,
+) -> Result<Option<drhost::audit_mirror::AuditMirror>, Failure> {
+    let Some(target) = rb.audit_mirror.clone() else {
+        return Ok(None);
+    };
+    if clock.is_simulated() {
+        eprintln!(
+            "audit mirror s3://{}/{} skipped: simulated run",
+            target.bucket, target.prefix
+        );
+        return Ok(None);
+    }
+    drhost::capability::install_crypto_provider();
+    let each_step = target.each_step;
+    let cfg = match &rb.backends.object_store {
+        Some(cfg) => cfg.clone(),
+        None => drhost::capability::object_store::s3::S3Config::default()
+            .resolve_env()
+            .map_err(|e| {
+                bad_input(anyhow::anyhow!(
+                    "{}: run.audit_mirror: {e}",
+                    rb.path.display()
+                ))
+            })?,
+    };
+    let sink = drhost::audit_mirror::S3AuditSink::new(cfg, target).map_err(|e| {
+        bad_input(anyhow::anyhow!(
+            "{}: run.audit_mirror: {e}",
+            rb.path.display()
+        ))
+    })?;
+    Ok(Some(drhost::audit_mirror::AuditMirror {
+        sink: Arc::new(sink),
+        each_step,
+    }))
 }
 
 /// `drhost drill`: the scenario with --yes (a fixture's scripted answers

@@ -828,6 +828,33 @@ impl S3Store {
         }
     }
 
+    /// Uploads `body` to `bucket/key` with its sha256 as the object's
+    /// checksum (the server checks it). The host's own write, used only to
+    /// mirror audit logs (`[run] audit_mirror`); no capability reaches it.
+    ///
+    /// # Errors
+    ///
+    /// [`S3Error::Denied`], [`S3Error::NotFound`] (no such bucket),
+    /// [`S3Error::Unavailable`] after retries, and so on.
+    pub async fn put_bytes(&self, bucket: &str, key: &str, body: Bytes) -> Result<(), S3Error> {
+        let what = format!("PUT {}", s3_url(bucket, key));
+        let sum = base64::engine::general_purpose::STANDARD.encode(Sha256::digest(&body));
+        self.with_retries(&what, || {
+            let req = self
+                .client
+                .put_object()
+                .bucket(bucket)
+                .key(key)
+                .content_type("application/x-ndjson")
+                .checksum_algorithm(aws_sdk_s3::types::ChecksumAlgorithm::Sha256)
+                .checksum_sha256(sum.clone())
+                .body(aws_sdk_s3::primitives::ByteStream::from(body.clone()));
+            async { req.send().await.map_err(|e| from_sdk(e, &what)) }
+        })
+        .await?;
+        Ok(())
+    }
+
     /// Metadata of one object, with its sha256 when one is stored.
     ///
     /// # Errors
