@@ -466,12 +466,7 @@ pub async fn run(
                 m.sink.location(),
                 info.id
             );
-            observer.warning(&msg);
-            gate.record(
-                Event::new(EventKind::Note)
-                    .step(info.id.clone())
-                    .message(msg),
-            )?;
+            warn_and_note(observer.as_ref(), &gate, &info.id, msg)?;
         }
         let stop = !matches!(report.status, StepStatus::Done(_));
         if stop {
@@ -491,12 +486,7 @@ pub async fn run(
                 100.0 * elapsed.as_secs_f64() / rto.as_secs_f64().max(f64::MIN_POSITIVE),
                 info.id
             );
-            observer.warning(&msg);
-            gate.record(
-                Event::new(EventKind::Note)
-                    .step(info.id.clone())
-                    .message(msg),
-            )?;
+            warn_and_note(observer.as_ref(), &gate, &info.id, msg)?;
         }
         if stop {
             break;
@@ -546,6 +536,22 @@ pub async fn run(
         state: state.snapshot(),
         audit_mirror,
     })
+}
+
+/// Shows the operator a warning and records it in the audit log.
+fn warn_and_note(
+    observer: &dyn RunObserver,
+    gate: &Gate,
+    step: &str,
+    msg: String,
+) -> Result<(), RunError> {
+    observer.warning(&msg);
+    gate.record(
+        Event::new(EventKind::Note)
+            .step(step.to_owned())
+            .message(msg),
+    )?;
+    Ok(())
 }
 
 /// Asks approval for a mutating step; `Some(status)` when declined.
