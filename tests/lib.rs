@@ -159,6 +159,9 @@ pub mod support {
             clock: drhost::sim::RunClock::Real,
             simulation: Some(fixture.path.display().to_string()),
             audit_mirror: None,
+            leases: Vec::new(),
+            break_lease: false,
+            lease_renew_every: std::time::Duration::from_secs(60),
         };
         runner::run(engine, plugin, rb, caps, options, Arc::new(NullObserver))
             .await

@@ -745,6 +745,9 @@ mod audit_mirror {
                 sink: Arc::new(sink),
                 each_step,
             }),
+            leases: Vec::new(),
+            break_lease: false,
+            lease_renew_every: std::time::Duration::from_secs(60),
         };
         let caps = fixture.env.capabilities(Arc::new(AutoApprove));
         let report = runner::run(&engine, &plugin, &rb, caps, options, Arc::new(NullObserver))

@@ -255,6 +255,27 @@ impl Scene {
         )
     }
 
+    /// `drhost run RUNBOOK --yes --audit-dir <dir>/AUDIT EXTRA...`;
+    /// returns (success, output, audit dir).
+    async fn run_yes(
+        &self,
+        runbook: &Path,
+        audit: &str,
+        extra: &[&str],
+    ) -> (bool, String, PathBuf) {
+        let audit = self.dir.path().join(audit);
+        let mut args = vec![
+            "run",
+            runbook.to_str().expect("utf-8"),
+            "--yes",
+            "--audit-dir",
+            audit.to_str().expect("utf-8"),
+        ];
+        args.extend_from_slice(extra);
+        let (ok, out) = self.drhost(&args).await;
+        (ok, out, audit)
+    }
+
     fn audit_dir(&self) -> PathBuf {
         self.dir.path().join("audit")
     }
@@ -625,4 +646,164 @@ async fn security_breach_isolates_rotates_contains_and_restores_a_clean_backup()
     let posts = sc.http.posts.lock().expect("lock").clone();
     assert_eq!(posts.len(), 2, "incident opened and resolved: {posts:?}");
     assert_audit_verifies(&audit);
+}
+
+/// A Lease as another run would have left it in `resume-screening`,
+/// renewed `renewed_ago` ago with a `ttl_s` TTL.
+fn foreign_lease(renewed_ago: Duration, ttl_s: i64) -> Value {
+    let renewed =
+        humantime::format_rfc3339_micros(std::time::SystemTime::now() - renewed_ago).to_string();
+    serde_json::json!({
+        "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+        "metadata": {
+            "name": "drhost-run", "namespace": "resume-screening",
+            "annotations": {
+                "drhost.dev/operator": "bob",
+                "drhost.dev/host": "ops-2",
+                "drhost.dev/since": "2026-12-01T20:00:00Z",
+            },
+        },
+        "spec": {
+            "holderIdentity": "20261201T200000Z-b0b0",
+            "leaseDurationSeconds": ttl_s,
+            "acquireTime": renewed, "renewTime": renewed,
+        },
+    })
+}
+
+fn undo_patches(kube: &FakeKube) -> usize {
+    kube.requests()
+        .into_iter()
+        .filter(|(m, p, _)| m == "PATCH" && p.contains("/deployments/"))
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leased_namespace_refuses_a_second_run_until_the_lease_is_broken_or_expires() {
+    let sc = scene("ls").await;
+    for (name, good, bad) in [
+        ("backend", "rs/backend:2.4.0", "rs/backend:2.4.1"),
+        ("frontend", "rs/frontend:1.8.2", "rs/frontend:1.8.3"),
+    ] {
+        sc.kube
+            .insert(deployment("resume-screening", name, 2, good));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        sc.kube.insert(deployment("resume-screening", name, 2, bad));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let runbook = sc.runbook("app-rollback", "");
+    // Another run holds the namespace, renewed a minute ago: refused
+    // before the first mutating step, naming the holder; nothing changed.
+    sc.kube.insert(foreign_lease(Duration::from_secs(60), 600));
+    let (ok, out, _) = sc.run_yes(&runbook, "audit-held", &[]).await;
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains("run 20261201T200000Z-b0b0 by bob on ops-2 since 2026-12-01T20:00:00Z"),
+        "{out}"
+    );
+    assert!(out.contains("--break-lease"), "{out}");
+    assert_eq!(undo_patches(&sc.kube), 0, "a refused run changed something");
+
+    // --break-lease takes it, says whom it displaced, and releases it at
+    // the end.
+    let (ok, out, audit) = sc
+        .run_yes(&runbook, "audit-broken", &["--break-lease"])
+        .await;
+    assert!(ok, "{out}");
+    assert_eq!(undo_patches(&sc.kube), 2);
+    let log = std::fs::read_dir(&audit)
+        .expect("audit")
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .find(|p| p.to_string_lossy().ends_with(".audit.jsonl"))
+        .expect("log");
+    let text = std::fs::read_to_string(&log).expect("log");
+    assert!(
+        text.contains("BROKEN with --break-lease: run 20261201T200000Z-b0b0 by bob"),
+        "{text}"
+    );
+    assert!(text.contains("lease on Kubernetes namespace resume-screening released"));
+    assert_audit_verifies(&audit);
+    assert!(
+        sc.kube
+            .get(
+                "coordination.k8s.io/v1",
+                "Lease",
+                Some("resume-screening"),
+                "drhost-run"
+            )
+            .is_none(),
+        "the lease was not released"
+    );
+
+    // A lease its holder stopped renewing (a dead run) is taken over.
+    sc.kube.insert(foreign_lease(Duration::from_secs(3600), 60));
+    let (ok, out, _) = sc.run_yes(&runbook, "audit-expired", &[]).await;
+    assert!(ok, "{out}");
+    assert!(out.contains("whose lease had expired"), "{out}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_locked_by_another_run_is_refused_and_break_lease_ends_its_session() {
+    let sc = scene("lp").await;
+    let secrets = sc.dir.path().join("vault.yaml");
+    std::fs::write(&secrets, "DATABASE_PASSWORD: from-vault\n").expect("secret source");
+    let runbook = sc.runbook(
+        "cluster-failure",
+        &format!(
+            "vault-resume-screening = {{ file = \"{}\" }}",
+            secrets.display()
+        ),
+    );
+    // Another drhost run's session holds the database's run lock.
+    let mut cfg = tokio_postgres::Config::new();
+    cfg.host(pg_host())
+        .user(pg_user())
+        .dbname("postgres")
+        .application_name("drhost 20261201T200000Z-a11c alice@ops-3");
+    let (holder, connection) = cfg.connect(tokio_postgres::NoTls).await.expect("connect");
+    let holder_task = tokio::spawn(connection);
+    let database = sc.database.clone();
+    holder
+        .execute(
+            "SELECT pg_advisory_lock(hashtext('drhost-run:' || $1)::bigint)",
+            &[&database],
+        )
+        .await
+        .expect("lock");
+
+    let audit = sc.audit_dir();
+    let args = [
+        "run",
+        runbook.to_str().expect("utf-8"),
+        "--yes",
+        "--audit-dir",
+        audit.to_str().expect("utf-8"),
+    ];
+    let (ok, out) = sc.drhost(&args).await;
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains(&format!(
+            "database {database} is leased to run 20261201T200000Z-a11c by alice on ops-3"
+        )),
+        "{out}"
+    );
+    assert!(
+        sc.kube
+            .get("v1", "Namespace", None, "resume-screening")
+            .is_none(),
+        "the refused run applied something"
+    );
+
+    let mut broken = args.to_vec();
+    broken.push("--break-lease");
+    let (ok, out) = sc.drhost(&broken).await;
+    assert!(ok, "{out}");
+    assert_eq!(sc.rows(), "500");
+    // The displaced session was terminated.
+    assert!(
+        holder.simple_query("SELECT 1").await.is_err(),
+        "the holder's session survived --break-lease"
+    );
+    holder_task.abort();
 }

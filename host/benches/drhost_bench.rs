@@ -273,6 +273,9 @@ async fn bench() {
             clock: drhost::sim::RunClock::Real,
             simulation: None,
             audit_mirror: None,
+            leases: Vec::new(),
+            break_lease: false,
+            lease_renew_every: std::time::Duration::from_secs(60),
         };
         let r = runner::run(&engine, &mbp, &mb_rb, caps, opts, Arc::new(NullObserver))
             .await

@@ -20,6 +20,7 @@ pub mod exec;
 pub mod fixture;
 pub mod gate;
 pub mod instance;
+pub mod lease;
 pub mod mock_faults;
 pub mod plugin;
 pub mod policy;

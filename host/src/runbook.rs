@@ -124,6 +124,9 @@ pub struct RawRun {
     /// Also copy it after every step (default false).
     #[serde(default)]
     pub audit_mirror_each_step: bool,
+    /// How long a run's Kubernetes lease lives without renewal ("10m"): a
+    /// dead run's lease expires after this.
+    pub lease_ttl: Option<String>,
 }
 
 /// What the runbook requires of the plugin's identity.
@@ -162,6 +165,8 @@ pub struct Runbook {
     pub backends: crate::backends::Backends,
     /// `[run] audit_mirror`: where the audit log is copied.
     pub audit_mirror: Option<AuditMirrorTarget>,
+    /// `[run] lease_ttl` (default [`crate::lease::DEFAULT_LEASE_TTL`]).
+    pub lease_ttl: Duration,
 }
 
 /// Where `[run] audit_mirror` copies the audit log: `s3://bucket/prefix`,
@@ -326,7 +331,21 @@ impl Runbook {
             }
             None => None,
         };
+        let lease_ttl = match &raw.run.lease_ttl {
+            Some(s) => {
+                let d = parse_duration(s).map_err(|p| invalid("run.lease_ttl", p))?;
+                if d < Duration::from_secs(15) {
+                    return Err(invalid(
+                        "run.lease_ttl",
+                        format!("{s:?} is too short: at least 15s (it is renewed every third)"),
+                    ));
+                }
+                d
+            }
+            None => crate::lease::DEFAULT_LEASE_TTL,
+        };
         Ok(Runbook {
+            lease_ttl,
             audit_mirror,
             path: path.to_owned(),
             plugin,

@@ -91,6 +91,12 @@ pub struct RunOptions {
     pub simulation: Option<String>,
     /// Copies of the audit log off the machine (`[run] audit_mirror`).
     pub audit_mirror: Option<crate::audit_mirror::AuditMirror>,
+    /// Leases taken before the first mutating step (none in dry runs).
+    pub leases: Vec<Arc<dyn crate::lease::TargetLease>>,
+    /// `--break-lease`: take leases from live holders (audited).
+    pub break_lease: bool,
+    /// How often held leases are renewed.
+    pub lease_renew_every: Duration,
 }
 
 /// How a step ended.
@@ -382,7 +388,7 @@ pub async fn run(
     let params = resolve_params(plugin, runbook).map_err(config_err)?;
     let budgets = budgets(plugin, runbook).map_err(config_err)?;
     let rto = rto(plugin, runbook);
-    let run_id = options.run_id.unwrap_or_else(new_run_id);
+    let run_id = options.run_id.clone().unwrap_or_else(new_run_id);
     let audit = AuditWriter::create(&options.audit_dir, &run_id, plugin.identity())?;
     let state_file = options.audit_dir.join(format!("{run_id}.state.json"));
     caps.state = Arc::new(StateStore::persistent(&state_file).map_err(RunError::State)?);
@@ -414,6 +420,8 @@ pub async fn run(
     })))?;
 
     let total = plugin.info.steps.len();
+    let me = crate::lease::Holder::this_run(&run_id);
+    let mut leases = Leases::default();
     let mut steps = Vec::new();
     let mut outcome = RunOutcome::Completed;
     let mut rto_warned = false;
@@ -425,7 +433,18 @@ pub async fn run(
                 .args(json!({ "title": info.title, "budget_ms": budget.as_millis() as u64, "mutates": info.mutates })),
         )?;
         let step_started = Instant::now();
-        let report = match approve_step(&gate, info).await {
+        let lease_refusal = if info.mutates && !options.dry_run && !leases.taken {
+            leases
+                .take(&options, &me, &gate, observer.clone(), &info.id)
+                .await?
+        } else {
+            None
+        };
+        let report = match lease_refusal {
+            Some(refused) => Some(StepStatus::Failed(refused)),
+            None => approve_step(&gate, info).await,
+        };
+        let report = match report {
             Some(declined) => StepReport {
                 id: info.id.clone(),
                 title: info.title.clone(),
@@ -496,6 +515,7 @@ pub async fn run(
         .iter()
         .map(|s| s.id.clone())
         .collect();
+    leases.release(&me, &gate).await?;
     let elapsed = started.elapsed();
     let (name, step, message) = outcome.parts();
     gate.record_durable(
@@ -536,6 +556,104 @@ pub async fn run(
         state: state.snapshot(),
         audit_mirror,
     })
+}
+
+/// The run's leases: taken before the first mutating step, renewed in the
+/// background, released at the end.
+#[derive(Default)]
+struct Leases {
+    taken: bool,
+    held: Vec<Arc<dyn crate::lease::TargetLease>>,
+    renewer: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Leases {
+    /// Takes every lease; `Some(reason)` when one is held by another run
+    /// (those already taken are given back).
+    async fn take(
+        &mut self,
+        options: &RunOptions,
+        me: &crate::lease::Holder,
+        gate: &Arc<Gate>,
+        observer: Arc<dyn RunObserver>,
+        step: &str,
+    ) -> Result<Option<String>, RunError> {
+        use crate::lease::Taken;
+        self.taken = true;
+        for lease in &options.leases {
+            let target = lease.target();
+            match lease.acquire(me, options.break_lease).await {
+                Ok(taken) => {
+                    let msg = match &taken {
+                        Taken::Free => format!("lease on {target} taken by {}", me.describe()),
+                        Taken::Expired(h) => format!(
+                            "lease on {target} taken over from {}, whose lease had expired (a dead run?)",
+                            h.describe()
+                        ),
+                        Taken::Broken(h) => format!(
+                            "lease on {target} BROKEN with --break-lease: {} displaced",
+                            h.describe()
+                        ),
+                        Taken::Skipped(why) => format!("no lease on {target}: {why}"),
+                    };
+                    if !matches!(taken, Taken::Free) {
+                        observer.warning(&msg);
+                    }
+                    gate.record_durable(
+                        Event::new(EventKind::Note)
+                            .step(step.to_owned())
+                            .call("lease", "acquire")
+                            .message(msg),
+                    )?;
+                    if !matches!(taken, Taken::Skipped(_)) {
+                        self.held.push(lease.clone());
+                    }
+                }
+                Err(e) => {
+                    let msg = e.to_string();
+                    gate.record_durable(
+                        Event::new(EventKind::Note)
+                            .step(step.to_owned())
+                            .call("lease", "acquire")
+                            .message(msg.clone()),
+                    )?;
+                    self.release(me, gate).await?;
+                    return Ok(Some(format!("not started: {msg}")));
+                }
+            }
+        }
+        if !self.held.is_empty() {
+            let held = self.held.clone();
+            let me = me.clone();
+            let every = options.lease_renew_every;
+            self.renewer = Some(tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(every).await;
+                    for lease in &held {
+                        if let Err(e) = lease.renew(&me).await {
+                            observer.warning(&format!("lease renewal: {e}"));
+                        }
+                    }
+                }
+            }));
+        }
+        Ok(None)
+    }
+
+    async fn release(&mut self, me: &crate::lease::Holder, gate: &Gate) -> Result<(), RunError> {
+        if let Some(r) = self.renewer.take() {
+            r.abort();
+        }
+        for lease in self.held.drain(..) {
+            lease.release(me).await;
+            gate.record(
+                Event::new(EventKind::Note)
+                    .call("lease", "release")
+                    .message(format!("lease on {} released", lease.target())),
+            )?;
+        }
+        Ok(())
+    }
 }
 
 /// Shows the operator a warning and records it in the audit log.

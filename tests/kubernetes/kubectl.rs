@@ -616,7 +616,7 @@ async fn http_discovery_plain_and_aggregated() {
         .iter()
         .filter_map(|g| g["name"].as_str())
         .collect();
-    assert_eq!(names, ["apps", "coordination.k8s.io"]);
+    assert_eq!(names, ["apps", "coordination.k8s.io", "networking.k8s.io"]);
     let apps = http(&kube, "GET", "/apis/apps/v1", "", "").await.json();
     let scale = apps["resources"]
         .as_array()

@@ -133,6 +133,9 @@ enum Command {
         /// With --mock: simulated seconds per real second (60 plays an hour in a minute), or `max` (no waiting).
         #[arg(long, value_name = "N|max", default_value = "max")]
         time_scale: String,
+        /// Take the run's leases even from a live holder (its run id, operator and host are audited).
+        #[arg(long)]
+        break_lease: bool,
     },
     /// A DR drill: run the scenario with --yes against a simulation (--mock) or the runbook's
     /// real backends, measure every step against its budget and the whole against the RTO, and
@@ -453,6 +456,7 @@ async fn dispatch(cli: Cli, clock: RunClock) -> Result<i32, Failure> {
             audit_dir,
             json,
             time_scale: _,
+            break_lease,
         } => {
             let engine = engine()?;
             let rb = Runbook::load(&runbook).map_err(bad_input)?;
@@ -472,6 +476,7 @@ async fn dispatch(cli: Cli, clock: RunClock) -> Result<i32, Failure> {
                 verbose,
                 false,
                 clock,
+                break_lease,
             )
             .await?;
             if json {
@@ -813,6 +818,7 @@ async fn execute(
     verbose: u8,
     testing: bool,
     clock: RunClock,
+    break_lease: bool,
 ) -> Result<RunReport, Failure> {
     let fallback: Box<dyn Approver> = if yes || testing {
         Box::new(AutoApprove)
@@ -878,6 +884,11 @@ async fn execute(
     }
     let observer = Arc::new(Console::new(verbose > 0));
     let audit_mirror = audit_mirror(rb, clock)?;
+    let live: Vec<&str> = match fixture {
+        Some(f) => f.live.iter().map(String::as_str).collect(),
+        None => drhost::capability::LIVE_CAPABILITIES.to_vec(),
+    };
+    let leases = run_leases(rb, plugin, &live).await?;
     let options = RunOptions {
         audit_dir: audit_dir.to_owned(),
         dry_run,
@@ -885,6 +896,9 @@ async fn execute(
         clock,
         simulation: fixture.map(|f| format!("{} ({})", f.path.display(), f.description)),
         audit_mirror,
+        leases,
+        break_lease,
+        lease_renew_every: rb.lease_ttl / 3,
     };
     runner::run(engine, plugin, rb, caps, options, observer)
         .await
@@ -1132,6 +1146,7 @@ async fn test(
         verbose,
         true,
         clock,
+        false,
     )
     .await;
     let report = report?;
@@ -1199,6 +1214,57 @@ fn audit_mirror(
     }))
 }
 
+/// The leases a run takes before its first mutating step: a Kubernetes
+/// Lease per granted namespace and an advisory lock per granted database,
+/// for the capabilities the plugin imports that run on real backends.
+async fn run_leases(
+    rb: &Runbook,
+    plugin: &Plugin,
+    live: &[&str],
+) -> Result<Vec<Arc<dyn drhost::lease::TargetLease>>, Failure> {
+    let uses = |cap: &str| live.contains(&cap) && plugin.contract_imports.iter().any(|i| i == cap);
+    let mut leases: Vec<Arc<dyn drhost::lease::TargetLease>> = Vec::new();
+    if uses("k8s")
+        && let (Some(grant), Some(settings)) = (&rb.grants.k8s, &rb.backends.k8s)
+    {
+        let mut namespaces: std::collections::BTreeSet<String> = grant
+            .deployments
+            .iter()
+            .filter_map(|d| d.split_once('/').map(|(ns, _)| ns.to_owned()))
+            .collect();
+        namespaces.extend(grant.namespaces.iter().cloned());
+        if !namespaces.is_empty() {
+            let allow_all: drhost::capability::k8s::live::ObjectGuard = Arc::new(|_, _, _| Ok(()));
+            let k8s = drhost::capability::k8s::live::LiveK8s::connect(settings.clone(), allow_all)
+                .await
+                .map_err(|e| {
+                    bad_input(anyhow::anyhow!(
+                        "{}: [backends.k8s]: {e}",
+                        rb.path.display()
+                    ))
+                })?;
+            for ns in namespaces {
+                leases.push(Arc::new(drhost::lease::K8sLease::new(
+                    k8s.client().clone(),
+                    &ns,
+                    rb.lease_ttl,
+                )));
+            }
+        }
+    }
+    if uses("postgres")
+        && let (Some(grant), Some(settings)) = (&rb.grants.postgres, &rb.backends.postgres)
+    {
+        for db in &grant.databases {
+            leases.push(Arc::new(drhost::lease::PgLease::new(
+                settings.admin.clone(),
+                db,
+            )));
+        }
+    }
+    Ok(leases)
+}
+
 /// `drhost drill`: the scenario with --yes (a fixture's scripted answers
 /// first), then the recovery report from the audit log in each format.
 #[allow(clippy::too_many_arguments)]
@@ -1238,6 +1304,7 @@ async fn drill(
         verbose,
         false,
         clock,
+        false,
     )
     .await?;
     eprint!("{}", drhost::redact::text(&drhost::report::render(&report)));

@@ -187,6 +187,11 @@ impl LiveK8s {
         Ok(Self::with_client(client, settings, guard))
     }
 
+    /// The underlying client (the host's own requests, e.g. run leases).
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
     /// Wraps an existing client (its retry settings are left as they are).
     pub fn with_client(client: Client, settings: K8sSettings, guard: ObjectGuard) -> LiveK8s {
         LiveK8s {
