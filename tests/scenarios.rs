@@ -86,6 +86,8 @@ struct Http {
     addr: SocketAddr,
     status: Arc<Mutex<u16>>,
     posts: Arc<Mutex<Vec<String>>>,
+    /// Requests to the health endpoints.
+    hits: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 async fn http() -> Http {
@@ -93,8 +95,12 @@ async fn http() -> Http {
     use axum::routing::{get, post};
     let status = Arc::new(Mutex::new(200u16));
     let posts = Arc::new(Mutex::new(Vec::new()));
-    let answer = |body: &'static str, status: Arc<Mutex<u16>>| {
+    let hits = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = hits.clone();
+    let answer = move |body: &'static str, status: Arc<Mutex<u16>>| {
+        let counter = counter.clone();
         move || {
+            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             let code = *status.lock().expect("lock");
             async move {
                 (
@@ -131,6 +137,7 @@ async fn http() -> Http {
         addr,
         status,
         posts,
+        hits,
     }
 }
 
@@ -208,11 +215,19 @@ impl Scene {
         let text = text
             .replace(&wasm, plugin(scenario).to_str().expect("utf-8"))
             .replace("\"resume_screening\"", &format!("\"{}\"", self.database));
+        let manifests = root.join(format!("runbooks/manifests/{scenario}"));
+        let backends = self.backends(&manifests, secret_sources);
+        let path = self.dir.path().join(format!("{scenario}.toml"));
+        std::fs::write(&path, format!("{text}{backends}")).expect("write runbook");
+        path
+    }
+
+    /// `[backends]` pointed at the scene's servers.
+    fn backends(&self, manifests: &Path, secret_sources: &str) -> String {
         let kubeconfig = self.dir.path().join("kubeconfig");
         self.kube.write_kubeconfig(&kubeconfig).expect("kubeconfig");
         let http = self.http.addr;
-        let manifests = root.join(format!("runbooks/manifests/{scenario}"));
-        let backends = format!(
+        format!(
             "\n[backends.k8s]\nkubeconfig = \"kubeconfig\"\nmanifest_dir = \"{}\"\n\
              [backends.k8s.secret_sources]\n{secret_sources}\n\n\
              [backends.postgres]\nhost = \"{}\"\nuser = \"{}\"\njobs = 2\n\n\
@@ -226,10 +241,7 @@ impl Scene {
             pg_host(),
             pg_user(),
             self.s3.endpoint
-        );
-        let path = self.dir.path().join(format!("{scenario}.toml"));
-        std::fs::write(&path, format!("{text}{backends}")).expect("write runbook");
-        path
+        )
     }
 
     /// `drhost ARGS` with the S3 credentials and PostgreSQL settings in its
@@ -278,6 +290,12 @@ impl Scene {
 
     fn audit_dir(&self) -> PathBuf {
         self.dir.path().join("audit")
+    }
+
+    fn deployment_in(&self, ns: &str, name: &str) -> Value {
+        self.kube
+            .get("apps/v1", "Deployment", Some(ns), name)
+            .unwrap_or_else(|| panic!("deployment {ns}/{name} missing"))
     }
 
     fn deployment(&self, name: &str) -> Value {
@@ -806,4 +824,184 @@ async fn a_database_locked_by_another_run_is_refused_and_break_lease_ends_its_se
         "the holder's session survived --break-lease"
     );
     holder_task.abort();
+}
+
+/// The policy-escape battery: the `prober` test plugin attempts, through
+/// the real host, gate and backends, every way out of its grants we could
+/// think of. Each attempt must come back `denied`, be audited, and reach
+/// no backend: the fake API server sees no write and no request for
+/// anything outside the grants, the health server no request, and no
+/// attempt has a `call-intent` (the gate refuses before any backend is
+/// polled) except the bundle whose objects the Kubernetes guard refuses
+/// after discovery reads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn thirty_two_policy_escapes_are_denied_audited_and_reach_no_backend() {
+    let sc = scene("pe").await;
+    sc.kube.insert(deployment(
+        "resume-screening",
+        "backend",
+        2,
+        "rs/backend:2.4.0",
+    ));
+    sc.kube
+        .insert(deployment("kube-system", "coredns", 2, "coredns:1.11"));
+    sc.kube.insert(deployment(
+        "resume-screening",
+        "frontend",
+        2,
+        "rs/frontend:1.8.2",
+    ));
+    let db = sc.database.clone();
+    let manifests = sc.dir.path().join("manifests");
+    std::fs::create_dir_all(&manifests).expect("manifests");
+    // A granted bundle whose objects are not: a ConfigMap (kind not
+    // granted) and a Deployment in kube-system (namespace not granted).
+    std::fs::write(
+        manifests.join("escalate.yaml"),
+        r#"apiVersion: v1
+kind: ConfigMap
+metadata:
+  name: x
+  namespace: resume-screening
+data:
+  a: b
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: miner
+  namespace: kube-system
+spec:
+  replicas: 1
+  selector:
+    matchLabels: {app: miner}
+  template:
+    metadata:
+      labels: {app: miner}
+    spec:
+      containers: [{name: miner, image: evil/miner}]
+"#,
+    )
+    .expect("bundle");
+    let attempts = [
+        // Kubernetes: other namespaces, deployments, secrets, sources, bundles.
+        "k8s.scale|kube-system|coredns|0".to_owned(),
+        "k8s.scale|resume-screening|frontend|0".into(),
+        "k8s.scale|RESUME-SCREENING|backend|0".into(),
+        "k8s.scale|resume-screening/../kube-system|coredns|0".into(),
+        "k8s.get-deployment|default|backend".into(),
+        "k8s.rollout-undo|resume-screening|frontend".into(),
+        "k8s.wait-ready|kube-system|coredns|1000".into(),
+        "k8s.replace-secret|resume-screening|other-secret|vault".into(),
+        "k8s.replace-secret|resume-screening|app-secrets|other-source".into(),
+        "k8s.replace-secret|kube-system|app-secrets|vault".into(),
+        "k8s.apply|../escalate".into(),
+        "k8s.apply|other-bundle".into(),
+        "k8s.apply|escalate".into(),
+        // Object store: other buckets, prefixes, traversal, encoded keys.
+        "object-store.head|other-bucket|postgres/backup_latest.dump".into(),
+        "object-store.head|resume-screening-backups|secrets/creds".into(),
+        "object-store.head|resume-screening-backups|postgres/../secrets/creds".into(),
+        "object-store.head|resume-screening-backups|postgres/%2e%2e/secrets/creds".into(),
+        "object-store.list|resume-screening-backups|".into(),
+        "object-store.newest|resume-screening-backups|post".into(),
+        "object-store.verify|other-bucket|postgres/backup_latest.dump".into(),
+        // PostgreSQL: other databases, injection through names.
+        "postgres.query|postgres|SELECT 1".into(),
+        format!("postgres.query|{db}\"; DROP DATABASE \"{db}\"; --|SELECT 1"),
+        format!("postgres.integrity-check|{db}' OR '1'='1"),
+        format!("postgres.query|{}|SELECT 1", db.to_uppercase()),
+        "postgres.restore|postgres|resume-screening-backups|postgres/backup_latest.dump".into(),
+        format!("postgres.restore|{db}|other-bucket|postgres/backup_latest.dump"),
+        "postgres.terminate-connections|template1".into(),
+        // Health: targets not granted, URLs and metadata addresses as names.
+        "health.check|metadata".into(),
+        "health.check|http://169.254.169.254/latest/meta-data/".into(),
+        "health.wait-healthy|frontend|1000".into(),
+        // Notifications: channels not granted, URLs as channel names.
+        "operator.notify|other-channel|hello".into(),
+        "operator.notify|https://evil.example/hook|hello".into(),
+    ];
+    let text = format!(
+        "[plugin]\npath = {:?}\nrequire = \"prober@^0.1\"\n\n[params]\ncalls = \"\"\"\n{}\n\"\"\"\n\n\
+         [grants.k8s]\noperations = [\"get-deployment\", \"scale\", \"rollout-undo\", \"wait-ready\", \"apply\", \"replace-secret\"]\n\
+         deployments = [\"resume-screening/backend\"]\nbundles = [\"escalate\"]\nsecrets = [\"resume-screening/app-secrets\"]\n\
+         secret_sources = [\"vault\"]\nkinds = [\"Deployment\"]\nnamespaces = [\"resume-screening\"]\n\n\
+         [grants.postgres]\noperations = [\"query\", \"integrity-check\", \"restore\", \"terminate-connections\"]\ndatabases = [\"{db}\"]\n\n\
+         [grants.object_store]\nlocations = [\"resume-screening-backups/postgres/\"]\n\n\
+         [grants.health]\ntargets = [\"backend-api\"]\n\n[grants.operator]\nnotify = [\"status-page\"]\n{}",
+        plugin("prober"),
+        attempts.join("\n"),
+        sc.backends(&manifests, "vault = { env = \"DRHOST_TEST_VAULT\" }")
+    );
+    let runbook = sc.dir.path().join("prober.toml");
+    std::fs::write(&runbook, text).expect("runbook");
+    let before: Vec<(String, String, String)> = sc.kube.requests();
+    let (ok, out, audit) = sc.run_yes(&runbook, "audit", &[]).await;
+    assert!(ok, "{out}");
+
+    // Every attempt came back denied.
+    let log = std::fs::read_dir(&audit)
+        .expect("audit")
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .find(|p| p.to_string_lossy().ends_with(".audit.jsonl"))
+        .expect("log");
+    let records: Vec<Value> = std::fs::read_to_string(&log)
+        .expect("log")
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("record"))
+        .collect();
+    let summary = records
+        .iter()
+        .find(|r| r["event"] == "step-end")
+        .and_then(|r| r["outcome"]["message"].as_str())
+        .expect("the probe step's summary")
+        .to_owned();
+    let results: Vec<&str> = summary.lines().collect();
+    assert_eq!(results.len(), attempts.len(), "{summary}");
+    let denied = results.iter().filter(|l| l.ends_with("-> denied")).count();
+    println!("policy escapes denied: {denied}/{}", attempts.len());
+    assert_eq!(denied, attempts.len(), "not denied:\n{summary}");
+
+    // Audited: a denial record each, but for the guarded bundle, whose
+    // refusal is the call's audited outcome.
+    let denials = records.iter().filter(|r| r["event"] == "denial").count();
+    assert_eq!(denials, attempts.len() - 1);
+    let intents: Vec<String> = records
+        .iter()
+        .filter(|r| {
+            r["event"] == "call-intent" && r["capability"] != "state" && r["capability"] != "log"
+        })
+        .map(|r| format!("{}.{} {}", r["capability"], r["operation"], r["args"]))
+        .collect();
+    assert_eq!(intents.len(), 1, "{intents:?}");
+    assert!(intents[0].contains("escalate"), "{intents:?}");
+
+    // Nothing reached a backend: no write to the API server, no request
+    // about anything outside the grants, no health request.
+    // (The run's own lease is the only write, and it is not the plugin's.)
+    let requests: Vec<(String, String, String)> = sc.kube.requests()[before.len()..]
+        .iter()
+        .filter(|(_, p, _)| !p.contains("/leases"))
+        .cloned()
+        .collect();
+    assert!(
+        requests.iter().all(|(m, _, _)| m == "GET"),
+        "a write reached the API server: {requests:?}"
+    );
+    assert!(
+        !requests.iter().any(|(_, p, _)| p.contains("kube-system")
+            || p.contains("frontend")
+            || p.contains("secrets")),
+        "{requests:?}"
+    );
+    assert_eq!(
+        sc.http.hits.load(std::sync::atomic::Ordering::SeqCst),
+        0,
+        "a health request was made"
+    );
+    let coredns = sc.deployment_in("kube-system", "coredns");
+    assert_eq!(coredns["spec"]["replicas"], 2);
+    assert_audit_verifies(&audit);
 }

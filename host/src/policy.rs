@@ -688,6 +688,16 @@ pub fn normalise_key(key: &str) -> Result<&str, String> {
     if key.chars().any(|c| c.is_control() || c == '\\') {
         return Err("key contains a backslash or a control character".into());
     }
+    // S3 keys are literal, but a proxy or a tool down the line may decode
+    // them: percent-escapes are refused rather than trusted (backup keys
+    // never need them).
+    let bytes = key.as_bytes();
+    if bytes
+        .windows(3)
+        .any(|w| w[0] == b'%' && w[1].is_ascii_hexdigit() && w[2].is_ascii_hexdigit())
+    {
+        return Err("key contains a percent-escape (e.g. %2e); write the key as it is".into());
+    }
     let segments: Vec<&str> = key.split('/').collect();
     for (i, seg) in segments.iter().enumerate() {
         let last = i + 1 == segments.len();
