@@ -309,14 +309,19 @@ impl Scene {
     }
 }
 
-/// The run's audit log verifies (`drhost audit verify`).
-fn assert_audit_verifies(audit: &Path) {
-    let log = std::fs::read_dir(audit)
+/// The one audit log in `dir`.
+fn audit_log(dir: &Path) -> PathBuf {
+    std::fs::read_dir(dir)
         .expect("audit dir")
         .filter_map(Result::ok)
         .map(|e| e.path())
         .find(|p| p.to_string_lossy().ends_with(".audit.jsonl"))
-        .expect("an audit log");
+        .expect("an audit log")
+}
+
+/// The run's audit log verifies (`drhost audit verify`).
+fn assert_audit_verifies(audit: &Path) {
+    let log = audit_log(audit);
     let verify = Command::new(drhost_bin())
         .args(["audit", "verify"])
         .arg(&log)
@@ -392,12 +397,7 @@ async fn cluster_failure_rebuilds_an_empty_cluster_and_restores_the_database() {
         out.contains("audit log copied to s3://resume-screening-backups/audit/"),
         "{out}"
     );
-    let log = std::fs::read_dir(&audit)
-        .expect("audit dir")
-        .filter_map(Result::ok)
-        .map(|e| e.path())
-        .find(|p| p.to_string_lossy().ends_with(".audit.jsonl"))
-        .expect("an audit log");
+    let log = audit_log(&audit);
     let name = log
         .file_name()
         .expect("name")
@@ -729,12 +729,7 @@ async fn a_leased_namespace_refuses_a_second_run_until_the_lease_is_broken_or_ex
         .await;
     assert!(ok, "{out}");
     assert_eq!(undo_patches(&sc.kube), 2);
-    let log = std::fs::read_dir(&audit)
-        .expect("audit")
-        .filter_map(Result::ok)
-        .map(|e| e.path())
-        .find(|p| p.to_string_lossy().ends_with(".audit.jsonl"))
-        .expect("log");
+    let log = audit_log(&audit);
     let text = std::fs::read_to_string(&log).expect("log");
     assert!(
         text.contains("BROKEN with --break-lease: run 20261201T200000Z-b0b0 by bob"),
@@ -941,12 +936,7 @@ spec:
     assert!(ok, "{out}");
 
     // Every attempt came back denied.
-    let log = std::fs::read_dir(&audit)
-        .expect("audit")
-        .filter_map(Result::ok)
-        .map(|e| e.path())
-        .find(|p| p.to_string_lossy().ends_with(".audit.jsonl"))
-        .expect("log");
+    let log = audit_log(&audit);
     let records: Vec<Value> = std::fs::read_to_string(&log)
         .expect("log")
         .lines()
