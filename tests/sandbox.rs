@@ -26,10 +26,22 @@ async fn misbehave(
     budget: &str,
     fixture_extra: &str,
 ) -> (tempfile::TempDir, RunReport) {
+    misbehave_edited(behaviour, budget, fixture_extra, |t| t).await
+}
+
+/// [`misbehave`] with the runbook's text passed through `edit` first.
+async fn misbehave_edited(
+    behaviour: &str,
+    budget: &str,
+    fixture_extra: &str,
+    edit: fn(String) -> String,
+) -> (tempfile::TempDir, RunReport) {
     let dir = tempfile::tempdir().expect("tempdir");
     let engine = engine(dir.path());
-    let rb =
-        Runbook::load(&misbehave_runbook(dir.path(), behaviour, budget, true)).expect("runbook");
+    let path = misbehave_runbook(dir.path(), behaviour, budget, true);
+    let text = std::fs::read_to_string(&path).expect("runbook");
+    std::fs::write(&path, edit(text)).expect("runbook");
+    let rb = Runbook::load(&path).expect("runbook");
     let fixture = Fixture::load(&misbehave_fixture(dir.path(), fixture_extra)).expect("fixture");
     let p = load(&engine, &rb, &plugin("misbehave"))
         .await
@@ -374,4 +386,139 @@ async fn dry_run_performs_no_mutation() {
         RunOutcome::Stopped { step, .. } => assert_eq!(step, "verify"),
         other => panic!("{other:?}"),
     }
+}
+
+/// The hostile-plugin battery with its count: every case is stopped or
+/// refused with a clear error, the audit log verifies, and the same engine
+/// serves the next run (checked by `misbehave_edited` for the run cases).
+/// Prints `hostile plugins contained: N/N`; the figure is in BENCHMARKS.md.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_plugin_battery() {
+    fn message(r: &RunReport) -> String {
+        match &r.outcome {
+            RunOutcome::Stopped { status, .. } => {
+                format!("{}: {}", status.name(), status.message())
+            }
+            RunOutcome::Completed => format!(
+                "completed: {}",
+                r.steps.first().map(|s| s.status.message()).unwrap_or("")
+            ),
+        }
+    }
+    type Check = fn(&str) -> bool;
+    let hang = "[[faults]]\noperation = \"k8s.get-deployment\"\nhang = true\n";
+    let runs: &[(&str, &str, &str, fn(String) -> String, Check)] = &[
+        ("loop", "500ms", "", |t| t, |m| m.starts_with("timed-out")),
+        (
+            "memory",
+            "5s",
+            "",
+            |t| t,
+            |m| m.starts_with("trapped") && m.contains("memory"),
+        ),
+        ("recurse", "5s", "", |t| t, |m| m.starts_with("trapped")),
+        ("hang", "500ms", hang, |t| t, |m| m.starts_with("timed-out")),
+        (
+            "panic",
+            "5s",
+            "",
+            |t| t,
+            |m| m.starts_with("trapped") && m.contains("deliberate panic"),
+        ),
+        // A million calls in one step: cut by the budget (or done within it).
+        (
+            "calls",
+            "1s",
+            "",
+            |t| t.replace("[params]\n", "[params]\ncount = \"1000000\"\n"),
+            |m| m.starts_with("timed-out") || m.contains("made 1000000"),
+        ),
+        (
+            "state-big",
+            "5s",
+            "",
+            |t| t,
+            |m| m.contains("state set returned invalid"),
+        ),
+        // 100 MB through an import (memory raised so the string exists).
+        (
+            "big-string",
+            "20s",
+            "",
+            |t| t.replace("memory_limit_mib = 64", "memory_limit_mib = 512"),
+            |m| m.contains("log returned invalid"),
+        ),
+        (
+            "deny",
+            "5s",
+            "",
+            |t| t,
+            |m| m.contains("scale returned denied"),
+        ),
+    ];
+    let mut tried = 0;
+    let mut contained = 0;
+    let mut failures = Vec::new();
+    for (behaviour, budget, extra, edit, check) in runs {
+        tried += 1;
+        let (_dir, report) = misbehave_edited(behaviour, budget, extra, *edit).await;
+        let m = message(&report);
+        if check(&m) {
+            contained += 1;
+        } else {
+            failures.push(format!("{behaviour}: {m}"));
+        }
+    }
+
+    // Refused at load, each with an error naming the file and the problem.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let engine = engine(dir.path());
+    let linker = drhost::plugin::linker(&engine).expect("linker");
+    let good = std::fs::read(plugin("misbehave")).expect("wasm");
+    let truncated = dir.path().join("truncated.wasm");
+    std::fs::write(&truncated, &good[..good.len() / 2]).expect("write");
+    let flipped = dir.path().join("flipped.wasm");
+    let mut bytes = good.clone();
+    let mid = bytes.len() / 2;
+    for b in &mut bytes[mid..mid + 64] {
+        *b ^= 0xa5;
+    }
+    std::fs::write(&flipped, &bytes).expect("write");
+    for (what, path) in [
+        ("imports wasi:filesystem", plugin("fs-access")),
+        ("built against dr:recovery@1.0.0", plugin("wrong-wit")),
+        ("truncated", truncated),
+        ("corrupted", flipped),
+    ] {
+        tried += 1;
+        match drhost::plugin::load(&engine, &linker, &path, 64 << 20).await {
+            Err(e)
+                if e.to_string()
+                    .contains(path.file_name().and_then(|n| n.to_str()).unwrap_or("?")) =>
+            {
+                contained += 1
+            }
+            Err(e) => failures.push(format!("{what}: error does not name the file: {e}")),
+            Ok(_) => failures.push(format!("{what}: loaded")),
+        }
+    }
+    // A component claiming another plugin's name: the runbook's pin refuses it.
+    tried += 1;
+    let rb_path = misbehave_runbook(dir.path(), "ok", "2s", true);
+    let text = std::fs::read_to_string(&rb_path).expect("runbook").replace(
+        "require = \"misbehave@^0.1\"",
+        "require = \"database-corruption@^1.0\"",
+    );
+    std::fs::write(&rb_path, text).expect("runbook");
+    let rb = Runbook::load(&rb_path).expect("runbook");
+    match load(&engine, &rb, &plugin("misbehave")).await {
+        Err(e) if e.to_string().contains("database-corruption") => contained += 1,
+        Err(e) => failures.push(format!("impostor: unclear error {e}")),
+        Ok(_) => failures.push("impostor: loaded".into()),
+    }
+
+    println!("hostile plugins contained: {contained}/{tried}");
+    assert!(failures.is_empty(), "{failures:#?}");
+    assert_eq!(contained, tried);
+    assert!(tried >= 14);
 }

@@ -7,7 +7,8 @@
 //! (calls `k8s::get-deployment("ns", "app")`, which the test fixture makes
 //! hang), `panic`, `ok`, `deny` (scales `other-namespace/payments`, reports
 //! the error kind), `calls` (`count` get-deployment calls, default 1000),
-//! `state-big` (stores a 1 MiB value, reports the error kind).
+//! `state-big` (stores a 1 MiB value, reports the error kind), `big-string`
+//! (passes a 100 MB string to the `log` import, reports the error kind).
 //!
 //! Imports k8s, log and state (and nothing else from dr:recovery).
 
@@ -17,7 +18,8 @@ use drhost_sdk::{k8s, state};
 
 struct Misbehave;
 
-const BEHAVIOURS: &str = "loop, memory, recurse, hang, panic, ok, deny, calls, state-big";
+const BEHAVIOURS: &str =
+    "loop, memory, recurse, hang, panic, ok, deny, calls, state-big, big-string";
 
 impl Guest for Misbehave {
     fn describe() -> ScenarioInfo {
@@ -109,6 +111,15 @@ fn misbehave(p: &Params) -> Result<StepOutcome, String> {
                 Err(e) => e.kind(),
             };
             Ok(StepOutcome::Done(format!("state set returned {got}")))
+        }
+        "big-string" => {
+            let value = "y".repeat(100 * 1000 * 1000);
+            // The raw import: the SDK's helpers would cut the message.
+            let got = match drhost_sdk::log::log(drhost_sdk::log::Level::Info, black_box(&value)) {
+                Ok(()) => "ok",
+                Err(e) => e.kind(),
+            };
+            Ok(StepOutcome::Done(format!("log returned {got}")))
         }
         other => Err(format!(
             "unknown behaviour {other:?} (expected one of: {BEHAVIOURS})"
