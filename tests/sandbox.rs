@@ -406,8 +406,11 @@ async fn hostile_plugin_battery() {
         }
     }
     type Check = fn(&str) -> bool;
+    type Edit = fn(String) -> String;
+    /// behaviour, budget, fixture extra, runbook edit, expected outcome.
+    type Case<'a> = (&'a str, &'a str, &'a str, Edit, Check);
     let hang = "[[faults]]\noperation = \"k8s.get-deployment\"\nhang = true\n";
-    let runs: &[(&str, &str, &str, fn(String) -> String, Check)] = &[
+    let runs: &[Case<'_>] = &[
         ("loop", "500ms", "", |t| t, |m| m.starts_with("timed-out")),
         (
             "memory",
