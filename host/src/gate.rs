@@ -113,12 +113,6 @@ impl StepDeadline {
         }
     }
 
-    /// The original deadline passed during the current operator wait.
-    pub fn budget_passed_while_paused(&self) -> bool {
-        let s = lock(&self.state);
-        s.paused_since.is_some() && tokio::time::Instant::now() >= s.at
-    }
-
     /// When the time box would close if the current wait ended now (the
     /// fixed deadline when no wait is open).
     pub fn unpaused_at(&self) -> tokio::time::Instant {

@@ -166,9 +166,9 @@ mod tests {
     }
 
     #[test]
-    fn paused_clock_makes_latency_exact_and_instant() {
+    fn paused_clock_makes_latency_exact() {
+        // (That it takes no real time is a benchmark figure: drill-bench.)
         let rt = simulated_runtime(None).unwrap();
-        let real = std::time::Instant::now();
         let simulated = rt.block_on(async {
             let t = tokio::time::Instant::now();
             sleep(Duration::from_secs(3600)).await;
@@ -176,7 +176,5 @@ mod tests {
             t.elapsed()
         });
         assert_eq!(simulated, Duration::from_millis(3_601_500));
-        // An hour of simulated time did not take an hour: the clock jumped.
-        assert!(real.elapsed() < Duration::from_secs(3600));
     }
 }
