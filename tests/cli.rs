@@ -375,7 +375,7 @@ fn describe_and_plan_show_steps_budgets_and_grants() {
         "database-corruption@",
         "stop-services",
         "restore",
-        "dr:recovery/k8s@0.1.0",
+        "dr:recovery/k8s@0.2.0",
         "mutates",
     ] {
         assert!(t.contains(want), "describe lacks {want:?}:\n{t}");

@@ -162,6 +162,7 @@ pub mod support {
             leases: Vec::new(),
             break_lease: false,
             lease_renew_every: std::time::Duration::from_secs(60),
+            resume: false,
         };
         runner::run(engine, plugin, rb, caps, options, Arc::new(NullObserver))
             .await
@@ -191,5 +192,134 @@ mod tests {
     #[should_panic(expected = "no plugin named \"nope\"")]
     fn unknown_plugin_panics_with_the_known_names() {
         plugin("nope");
+    }
+}
+
+/// What the crash batteries (`tests/crash.rs` on mocks, `tests/postgres.rs`
+/// on real backends) check after every kill and resume.
+pub mod crash {
+    use std::collections::HashMap;
+    use std::path::{Path, PathBuf};
+
+    use drhost::audit::{EventKind, Record};
+
+    /// Crash points each battery must survive.
+    pub const CRASH_POINTS: usize = 50;
+
+    /// xorshift64*: a fixed-seed sequence of kill instants, so a failing
+    /// point can be replayed.
+    pub struct Rng(pub u64);
+
+    impl Rng {
+        /// Uniform in [0, 1).
+        pub fn next_f64(&mut self) -> f64 {
+            self.0 ^= self.0 >> 12;
+            self.0 ^= self.0 << 25;
+            self.0 ^= self.0 >> 27;
+            (self.0.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 11) as f64 / (1u64 << 53) as f64
+        }
+    }
+
+    /// The one audit log in `dir`, if it exists and is not empty.
+    pub fn the_log(dir: &Path) -> Option<PathBuf> {
+        std::fs::read_dir(dir)
+            .ok()?
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .filter(|p| std::fs::metadata(p).is_ok_and(|m| m.len() > 0))
+            .find(|p| p.to_string_lossy().ends_with(".audit.jsonl"))
+    }
+
+    /// The run id of an audit log path.
+    pub fn run_id(log: &Path) -> String {
+        log.file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.strip_suffix(".audit.jsonl"))
+            .expect("an audit log name")
+            .to_owned()
+    }
+
+    /// The bytes of `log` up to its last whole line, and whether that line
+    /// is a `run-end` (the run had finished before the kill).
+    pub fn before_crash(log: &Path) -> (Vec<u8>, usize, bool) {
+        let bytes = std::fs::read(log).expect("audit log");
+        let whole = bytes.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
+        let finished = String::from_utf8_lossy(&bytes[..whole])
+            .lines()
+            .last()
+            .is_some_and(|l| l.contains("\"event\":\"run-end\""));
+        (bytes, whole, finished)
+    }
+
+    /// After the resume: every byte on disk before the crash is still
+    /// there, in place (a torn last line excepted, which is saved to
+    /// `<log>.torn-<seq>`).
+    pub fn assert_nothing_lost(log: &Path, before: &[u8], whole: usize, point: &str) {
+        let after = std::fs::read(log).expect("audit log");
+        assert!(
+            after.starts_with(&before[..whole]),
+            "{point}: records written before the crash were lost or changed"
+        );
+        if whole < before.len() {
+            let lines = String::from_utf8_lossy(&before[..whole]).lines().count();
+            let saved = std::fs::read(format!("{}.torn-{lines}", log.display()))
+                .unwrap_or_else(|e| panic!("{point}: the torn line was not saved: {e}"));
+            assert_eq!(saved, &before[whole..], "{point}: torn line");
+        }
+    }
+
+    /// Whether an outcome record holds a known result (ok or error), not
+    /// "unknown" and not a replay.
+    pub fn executed_outcome(r: &Record) -> bool {
+        r.event == EventKind::CallOutcome
+            && r.outcome
+                .as_ref()
+                .is_some_and(|o| o.get("ok").is_some() || o.get("error").is_some())
+            && !r
+                .message
+                .as_deref()
+                .is_some_and(|m| m.starts_with("replayed"))
+    }
+
+    /// No mutating call whose outcome was recorded was executed again: a
+    /// key has a second intent only after an intent whose outcome is
+    /// unknown. Returns (intents, replays) for the counts.
+    pub fn assert_no_double_execution(records: &[Record], point: &str) -> (usize, usize) {
+        let mut last_intent: HashMap<&str, (u64, bool)> = HashMap::new();
+        let (mut intents, mut replays) = (0, 0);
+        for r in records {
+            let Some(key) = r.key.as_deref() else {
+                continue;
+            };
+            match r.event {
+                EventKind::CallIntent => {
+                    intents += 1;
+                    if let Some((seq, known)) = last_intent.get(key) {
+                        assert!(
+                            !known,
+                            "{point}: {key} executed again (intent seq {}) although the outcome of \
+                             its intent seq {seq} was recorded",
+                            r.seq
+                        );
+                    }
+                    last_intent.insert(key, (r.seq, false));
+                }
+                EventKind::CallOutcome => {
+                    if r.message
+                        .as_deref()
+                        .is_some_and(|m| m.starts_with("replayed"))
+                    {
+                        replays += 1;
+                    }
+                    if executed_outcome(r)
+                        && let Some(entry) = last_intent.get_mut(key)
+                    {
+                        entry.1 = true;
+                    }
+                }
+                _ => {}
+            }
+        }
+        (intents, replays)
     }
 }

@@ -897,15 +897,15 @@ CREATE INDEX candidates_id_flip ON candidates (id flip_ops);
     /// A damaged database (the same content as its backup, with a B-tree
     /// whose comparison is flipped), its backup in a real bucket, and the
     /// reference runbook pointing at both.
-    struct Scene {
-        source: Db,
-        target: Db,
-        dir: tempfile::TempDir,
-        s3: S3Server,
-        runbook_text: String,
+    pub(super) struct Scene {
+        pub(super) source: Db,
+        pub(super) target: Db,
+        pub(super) dir: tempfile::TempDir,
+        pub(super) s3: S3Server,
+        pub(super) runbook_text: String,
     }
 
-    async fn scene(tag: &str) -> Scene {
+    pub(super) async fn scene(tag: &str) -> Scene {
         let pid = std::process::id();
         let source = Db(format!("drhost_{tag}_src_{pid}"));
         psql("postgres", &format!("CREATE DATABASE \"{}\"", source.0));
@@ -984,7 +984,7 @@ CREATE INDEX candidates_id_flip ON candidates (id flip_ops);
     /// The restored database is intact (amcheck passes without the flipped
     /// setting) and complete, the damaged one is kept for forensics, and the
     /// audit log verifies and records the restore's phases.
-    fn assert_recovered(target: &str, audit: &Path) {
+    pub(super) fn assert_recovered(target: &str, audit: &Path) {
         let kept: Vec<String> = String::from_utf8_lossy(&psql(
             "postgres",
             &format!(
@@ -1104,7 +1104,7 @@ CREATE INDEX candidates_id_flip ON candidates (id flip_ops);
 
     /// A local HTTP server: `GET /health` answers 200 "ok"; `POST /hook`
     /// records the body. Returns its address and the recorded bodies.
-    async fn health_and_webhook() -> (
+    pub(super) async fn health_and_webhook() -> (
         std::net::SocketAddr,
         std::sync::Arc<std::sync::Mutex<Vec<String>>>,
     ) {
@@ -1233,6 +1233,278 @@ CREATE INDEX candidates_id_flip ON candidates (id flip_ops);
         assert_eq!(posts.len(), 1, "{posts:?}");
         assert!(posts[0].contains(&target.0), "{posts:?}");
         assert_recovered(&target.0, &audit);
+    }
+}
+
+mod crash_battery {
+    //! The crash battery (issue "Reliability and security"): the
+    //! database-corruption scenario on every real backend (PostgreSQL, the
+    //! S3 server, the fake Kubernetes API server, an HTTP health endpoint
+    //! and status page), the host killed with SIGKILL at fixed-seed random
+    //! instants, then `drhost run --resume`. For every crash point:
+    //!
+    //! - the resumed run completes and the database is recovered, the
+    //!   services back at their counts;
+    //! - the audit log after the resume starts with every byte that was on
+    //!   disk before the crash (a torn last line excepted: it is saved
+    //!   beside the log), and `drhost audit verify` passes;
+    //! - no mutating call whose outcome was recorded is executed twice: a
+    //!   key is executed again only after an intent whose outcome is
+    //!   unknown, and the API server saw no more scale requests than the
+    //!   log has intents, and no fewer than it has recorded outcomes.
+    //!
+    //! The count of crash points survived is printed (`crash points
+    //! survived: N/N`) and recorded in BENCHMARKS.md.
+
+    use super::scenario::{Scene, health_and_webhook, scene};
+    use super::*;
+    use drhost::audit::EventKind;
+    use drhost_tests::crash::{
+        CRASH_POINTS, Rng, assert_no_double_execution, assert_nothing_lost, before_crash,
+        executed_outcome, run_id, the_log,
+    };
+    use drhost_tests::fake_kube::{FakeKube, deployment};
+    use std::time::{Duration, Instant};
+
+    struct World {
+        scene: Scene,
+        kube: FakeKube,
+        runbook: std::path::PathBuf,
+    }
+
+    impl World {
+        /// The damaged database again (and no leftover of an earlier
+        /// iteration), the services at 3 and 2 replicas.
+        fn reset(&self) {
+            let target = &self.scene.target.0;
+            let leftovers = String::from_utf8_lossy(&psql(
+                "postgres",
+                &format!(
+                    "COPY (SELECT datname FROM pg_database WHERE datname = '{target}' \
+                     OR datname LIKE '{target}\\_before\\_%' OR datname LIKE '{target}\\_restore\\_%') TO STDOUT"
+                ),
+            ))
+            .into_owned();
+            for db in leftovers.lines() {
+                psql("postgres", &format!("DROP DATABASE \"{db}\" WITH (FORCE)"));
+            }
+            psql("postgres", &format!("CREATE DATABASE \"{target}\""));
+            run(
+                "pg_restore",
+                &[
+                    "--no-owner",
+                    "-d",
+                    target,
+                    self.scene
+                        .dir
+                        .path()
+                        .join("backup.dump")
+                        .to_str()
+                        .expect("utf-8"),
+                ],
+            );
+            psql(
+                "postgres",
+                &format!("ALTER DATABASE \"{target}\" SET drhost.flip = 'on'"),
+            );
+            self.kube.insert(deployment(
+                "resume-screening",
+                "backend",
+                3,
+                "rs/backend:1.4",
+            ));
+            self.kube.insert(deployment(
+                "resume-screening",
+                "celery-worker",
+                2,
+                "rs/worker:1.4",
+            ));
+        }
+
+        fn drhost(&self, audit: &Path, resume: Option<&str>) -> tokio::process::Command {
+            let mut cmd = tokio::process::Command::new(drhost_tests::drhost_bin());
+            cmd.arg("run")
+                .arg(&self.runbook)
+                .arg("--yes")
+                .arg("--audit-dir")
+                .arg(audit)
+                .env("DRHOST_CACHE_DIR", self.scene.dir.path().join("cache"))
+                .stdin(std::process::Stdio::null())
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .kill_on_drop(true);
+            if let Some(id) = resume {
+                cmd.arg("--resume").arg(id);
+            }
+            for (k, v) in self.scene.s3.env() {
+                cmd.env(k, v);
+            }
+            let host = std::env::var("PGHOST").unwrap_or_else(|_| "127.0.0.1".into());
+            let user = std::env::var("PGUSER").unwrap_or_else(|_| "postgres".into());
+            cmd.env("PGHOST", host).env("PGUSER", user);
+            cmd
+        }
+
+        fn scale_requests(&self) -> usize {
+            self.kube
+                .requests()
+                .into_iter()
+                .filter(|(m, p, _)| m != "GET" && p.contains("/scale"))
+                .count()
+        }
+
+        /// The recovery happened: data back, damaged copy kept, services up.
+        fn assert_recovered(&self, audit: &Path, point: &str) {
+            super::scenario::assert_recovered(&self.scene.target.0, audit);
+            for (name, replicas) in [("backend", 3), ("celery-worker", 2)] {
+                let d = self
+                    .kube
+                    .get("apps/v1", "Deployment", Some("resume-screening"), name)
+                    .expect("deployment");
+                assert_eq!(d["spec"]["replicas"], replicas, "{point}: {name}");
+            }
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn fifty_crash_points_resume_to_a_recovered_database() {
+        let scene = scene("crash").await;
+        let kube = FakeKube::start().await.expect("fake API server");
+        kube.set_ready_delay(Duration::from_millis(30));
+        let kubeconfig = scene.dir.path().join("kubeconfig");
+        kube.write_kubeconfig(&kubeconfig).expect("kubeconfig");
+        let (http, _posts) = health_and_webhook().await;
+        let runbook = scene.dir.path().join("runbook.toml");
+        std::fs::write(
+            &runbook,
+            format!(
+                "{}\n[backends.k8s]\nkubeconfig = \"kubeconfig\"\n\n\
+                 [backends.health.targets.backend-api]\nurl = \"http://{http}/health\"\nbody_contains = \"ok\"\nallow_private = true\n\n\
+                 [backends.notify.channels.status-page]\nurl = \"http://{http}/hook\"\nallow_private = true\nrequired = true\n",
+                scene.runbook_text
+            ),
+        )
+        .expect("write runbook");
+        let world = World {
+            scene,
+            kube,
+            runbook,
+        };
+
+        // An uninterrupted run: how long one takes, so the kill instants
+        // spread over the whole run.
+        world.reset();
+        let audit = world.scene.dir.path().join("audit-full");
+        let t0 = Instant::now();
+        let out = world
+            .drhost(&audit, None)
+            .output()
+            .await
+            .expect("run drhost");
+        let full = t0.elapsed();
+        assert!(
+            out.status.success(),
+            "the uninterrupted run failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        world.assert_recovered(&audit, "uninterrupted run");
+
+        let mut rng = Rng(0x5eed_0dc0_de00_0001);
+        let (mut survived, mut tried, mut before_first_record, mut in_flight_asked) = (0, 0, 0, 0);
+        let mut iteration = 0;
+        while tried < CRASH_POINTS {
+            iteration += 1;
+            assert!(
+                iteration <= 3 * CRASH_POINTS,
+                "only {tried} of {iteration} kills landed before the run ended (a run takes {full:?})"
+            );
+            world.reset();
+            let audit = world.scene.dir.path().join(format!("audit-{iteration}"));
+            let kill_at = full.mul_f64(rng.next_f64());
+            let point = format!("crash point {iteration} (SIGKILL after {kill_at:?} of ~{full:?})");
+            let scales_before = world.scale_requests();
+            let mut child = world.drhost(&audit, None).spawn().expect("spawn drhost");
+            let finished = tokio::time::timeout(kill_at, child.wait()).await;
+            if let Ok(status) = finished {
+                // The run ended before the kill: not a crash point.
+                assert!(status.expect("wait").success(), "{point}: the run failed");
+                continue;
+            }
+            child.start_kill().expect("SIGKILL");
+            let _ = child.wait().await;
+            tried += 1;
+
+            let Some(log) = the_log(&audit) else {
+                // Killed before its first record: nothing may have changed.
+                assert_eq!(
+                    world.scale_requests(),
+                    scales_before,
+                    "{point}: a scale request without an audit record"
+                );
+                before_first_record += 1;
+                let out = world
+                    .drhost(&audit, None)
+                    .output()
+                    .await
+                    .expect("run drhost");
+                assert!(
+                    out.status.success(),
+                    "{point}: the fresh run failed:\n{}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+                world.assert_recovered(&audit, &point);
+                survived += 1;
+                continue;
+            };
+            let (before, whole, finished) = before_crash(&log);
+            if finished {
+                // Killed after its last record: nothing to resume.
+                world.assert_recovered(&audit, &point);
+                survived += 1;
+                continue;
+            }
+            let out = world
+                .drhost(&audit, Some(&run_id(&log)))
+                .output()
+                .await
+                .expect("resume drhost");
+            let text = format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            assert!(out.status.success(), "{point}: the resume failed:\n{text}");
+            assert!(text.contains("resuming run"), "{point}: {text}");
+            if text.contains("may or may not have taken effect") {
+                in_flight_asked += 1;
+            }
+            assert_nothing_lost(&log, &before, whole, &point);
+            let records = drhost::audit::read_records(&log).expect("records");
+            assert_no_double_execution(&records, &point);
+            let scale = |r: &&drhost::audit::Record| r.operation.as_deref() == Some("scale");
+            let intents = records
+                .iter()
+                .filter(|r| r.event == EventKind::CallIntent)
+                .filter(scale)
+                .count();
+            let done = records
+                .iter()
+                .filter(|r| executed_outcome(r))
+                .filter(scale)
+                .count();
+            let reached = world.scale_requests() - scales_before;
+            assert!(
+                done <= reached && reached <= intents,
+                "{point}: the API server saw {reached} scale requests; the log has {intents} intents, {done} recorded outcomes"
+            );
+            world.assert_recovered(&audit, &point);
+            survived += 1;
+        }
+        println!(
+            "crash points survived: {survived}/{tried} (killed before the first record: {before_first_record}; \
+             operator asked about calls in flight: {in_flight_asked}; one uninterrupted run: {full:?})"
+        );
+        assert_eq!(survived, tried);
     }
 }
 

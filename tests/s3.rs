@@ -748,6 +748,7 @@ mod audit_mirror {
             leases: Vec::new(),
             break_lease: false,
             lease_renew_every: std::time::Duration::from_secs(60),
+            resume: false,
         };
         let caps = fixture.env.capabilities(Arc::new(AutoApprove));
         let report = runner::run(&engine, &plugin, &rb, caps, options, Arc::new(NullObserver))

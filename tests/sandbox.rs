@@ -239,7 +239,7 @@ async fn plugin_importing_an_ungranted_interface_is_refused_at_load() {
         .expect("refused");
     let msg = err.to_string();
     assert!(
-        msg.contains("dr:recovery/k8s@0.1.0") && msg.contains("grants.k8s"),
+        msg.contains("dr:recovery/k8s@0.2.0") && msg.contains("grants.k8s"),
         "{msg}"
     );
 }
@@ -258,7 +258,7 @@ async fn plugin_built_against_another_wit_version_is_refused() {
         "{err}"
     );
     assert!(
-        err.to_string().contains("implements dr:recovery@0.1.0"),
+        err.to_string().contains("implements dr:recovery@0.2.0"),
         "{err}"
     );
 }

@@ -150,6 +150,8 @@ async fn bench() {
             dry_run: false,
             call_timeout: Duration::from_secs(60),
             observer: Arc::new(NullObserver),
+            retries: drhost::retry::RetryPolicy::default(),
+            rto_deadline: None,
         },
         audit,
     ));
@@ -276,6 +278,7 @@ async fn bench() {
             leases: Vec::new(),
             break_lease: false,
             lease_renew_every: std::time::Duration::from_secs(60),
+            resume: false,
         };
         let r = runner::run(&engine, &mbp, &mb_rb, caps, opts, Arc::new(NullObserver))
             .await

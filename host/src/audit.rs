@@ -184,6 +184,11 @@ pub struct Event<'a> {
     pub capability: Option<Cow<'a, str>>,
     /// Operation within the capability (`scale`, `restore`, ...).
     pub operation: Option<Cow<'a, str>>,
+    /// Idempotency key of a mutating call (`<run>:<step>:<n>`, the n-th
+    /// mutation of the step): the same on the intent and the outcome, and
+    /// the same when a resumed run re-runs the step, so a call whose
+    /// outcome is recorded is replayed, not executed again.
+    pub key: Option<Cow<'a, str>>,
     /// Call arguments, as JSON. Secret references only, never secret bytes.
     pub args: Option<Box<RawValue>>,
     /// Call result or error, as JSON.
@@ -213,11 +218,18 @@ impl<'a> Event<'a> {
             kind,
             capability: None,
             operation: None,
+            key: None,
             args: None,
             outcome: None,
             duration_ms: None,
             message: None,
         }
+    }
+
+    /// Sets the idempotency key of a mutating call.
+    pub fn key(mut self, key: impl Into<Cow<'a, str>>) -> Self {
+        self.key = Some(key.into());
+        self
     }
 
     /// Sets the step id.
@@ -284,6 +296,9 @@ pub struct Record {
     pub capability: Option<String>,
     /// Operation within the capability.
     pub operation: Option<String>,
+    /// Idempotency key of a mutating call (absent on other records).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
     /// Call arguments.
     pub args: Option<Value>,
     /// Call outcome.
@@ -301,6 +316,14 @@ pub struct Record {
 /// Errors reading or writing an audit log. Each names the file.
 #[derive(Debug, thiserror::Error)]
 pub enum AuditError {
+    /// The log of an interrupted run cannot be continued.
+    #[error("cannot resume from {path}: {detail}", path = path.display())]
+    Unresumable {
+        /// The audit log.
+        path: PathBuf,
+        /// Why (the verify report).
+        detail: String,
+    },
     /// The run id cannot be used as a file name.
     #[error(
         "cannot create audit log in {dir}: invalid run id {run_id:?}: {reason}",
@@ -437,6 +460,8 @@ struct Body<'a> {
     event: EventKind,
     capability: Option<&'a str>,
     operation: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    key: Option<&'a str>,
     args: Option<&'a RawValue>,
     outcome: Option<&'a RawValue>,
     duration_ms: Option<f64>,
@@ -569,6 +594,82 @@ impl AuditWriter {
         })
     }
 
+    /// Reopens the log of an interrupted run to append to its chain
+    /// (`drhost run --resume`). The chain must verify; a torn last line (the
+    /// host died mid-write) is the one damage repaired: its bytes are saved
+    /// to `<log>.torn-<seq>` (fsynced) before the file is cut back to the
+    /// last whole record, so nothing written is lost. Returns the writer,
+    /// the records as read, and the path of the saved torn line if any.
+    ///
+    /// # Errors
+    /// The file cannot be read or written, or its chain does not verify
+    /// ([`AuditError::Unresumable`], with the verify report).
+    pub fn resume(path: &Path) -> Result<(Self, Vec<Record>, Option<PathBuf>), AuditError> {
+        let report = verify(path)?;
+        let mut torn = None;
+        if let Some(problem) = &report.problem {
+            if problem.kind != ProblemKind::TornLastLine || report.records == 0 {
+                return Err(AuditError::Unresumable {
+                    path: path.to_path_buf(),
+                    detail: report.to_string(),
+                });
+            }
+            let bytes = fs::read(path).map_err(|source| AuditError::Read {
+                path: path.to_path_buf(),
+                source,
+            })?;
+            let keep = bytes.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
+            let saved = PathBuf::from(format!("{}.torn-{}", path.display(), report.records));
+            let write = |p: &Path, data: &[u8]| -> io::Result<()> {
+                let mut f = File::create(p)?;
+                f.write_all(data)?;
+                f.sync_all()
+            };
+            write(&saved, &bytes[keep..]).map_err(|source| AuditError::Create {
+                path: saved.clone(),
+                source,
+            })?;
+            let file = OpenOptions::new().write(true).open(path).and_then(|f| {
+                f.set_len(keep as u64)?;
+                f.sync_all()
+            });
+            file.map_err(|source| AuditError::Write {
+                path: path.to_path_buf(),
+                source,
+            })?;
+            if let Some(dir) = path.parent() {
+                sync_dir(dir)?;
+            }
+            torn = Some(saved);
+        }
+        let records = read_records(path)?;
+        let Some(last) = records.last() else {
+            return Err(AuditError::Unresumable {
+                path: path.to_path_buf(),
+                detail: "the log holds no record".to_owned(),
+            });
+        };
+        let file = OpenOptions::new()
+            .append(true)
+            .open(path)
+            .map_err(|source| AuditError::Create {
+                path: path.to_path_buf(),
+                source,
+            })?;
+        let writer = AuditWriter {
+            path: path.to_path_buf(),
+            run_id: last.run.clone(),
+            plugin: last.plugin.clone(),
+            out: BufWriter::with_capacity(64 * 1024, file),
+            seq: records.len() as u64,
+            prev: last.hash.clone(),
+            next_hash: String::with_capacity(HEX_LEN),
+            line: Vec::with_capacity(1024),
+            poisoned: false,
+        };
+        Ok((writer, records, torn))
+    }
+
     /// The file being written.
     pub fn path(&self) -> &Path {
         &self.path
@@ -672,6 +773,7 @@ impl AuditWriter {
             event: event.kind,
             capability: event.capability.as_deref(),
             operation: event.operation.as_deref(),
+            key: event.key.as_deref(),
             args: args.as_deref().or(event.args.as_deref()),
             outcome: outcome.as_deref().or(event.outcome.as_deref()),
             duration_ms: event.duration_ms,
@@ -744,6 +846,36 @@ fn json_error(e: &serde_json::Error) -> String {
         ),
         None => text,
     }
+}
+
+/// The records of a log whose chain verifies, or whose only damage is a
+/// torn last line (left out): what a resumed run may trust. Changes
+/// nothing on disk. Returns the records and the verify report.
+///
+/// # Errors
+/// The file cannot be read, or its chain does not verify
+/// ([`AuditError::Unresumable`]).
+pub fn read_trusted(path: &Path) -> Result<(Vec<Record>, VerifyReport), AuditError> {
+    let report = verify(path)?;
+    if let Some(problem) = &report.problem
+        && (problem.kind != ProblemKind::TornLastLine || report.records == 0)
+    {
+        return Err(AuditError::Unresumable {
+            path: path.to_path_buf(),
+            detail: report.to_string(),
+        });
+    }
+    let bytes = fs::read(path).map_err(|source| AuditError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let (lines, _) = split_lines(&bytes);
+    let records = lines
+        .iter()
+        .take(report.records as usize)
+        .filter_map(|l| serde_json::from_slice(l).ok())
+        .collect();
+    Ok((records, report))
 }
 
 /// Parses every line of an audit log into records, without checking the
@@ -1113,13 +1245,20 @@ fn check_chain(
 /// same (step, capability, operation). Each closing record closes the
 /// oldest open intent with its key.
 fn open_intents<'a>(records: impl IntoIterator<Item = &'a Record>) -> Vec<u64> {
-    type Key<'a> = (Option<&'a str>, Option<&'a str>, Option<&'a str>);
+    // Outcomes of mutating calls carry their intent's idempotency key.
+    type Key<'a> = (
+        Option<&'a str>,
+        Option<&'a str>,
+        Option<&'a str>,
+        Option<&'a str>,
+    );
     let mut open: HashMap<Key<'a>, VecDeque<u64>> = HashMap::new();
     for rec in records {
         let key = (
             rec.step.as_deref(),
             rec.capability.as_deref(),
             rec.operation.as_deref(),
+            rec.key.as_deref(),
         );
         match rec.event {
             EventKind::CallIntent => open.entry(key).or_default().push_back(rec.seq),

@@ -15,7 +15,7 @@ wasmtime::component::bindgen!({
     path: "../wit",
     imports: { default: async | trappable },
     exports: { default: async },
-    additional_derives: [serde::Serialize, PartialEq],
+    additional_derives: [serde::Serialize, serde::Deserialize, PartialEq],
 });
 
 pub use dr::recovery::types::{CapError, ParamInfo, StepInfo};
@@ -25,7 +25,7 @@ pub use dr::recovery::{clock, health, k8s, log, object_store, operator, postgres
 pub const WIT_PACKAGE: &str = "dr:recovery";
 
 /// The version of the WIT package this host implements.
-pub const WIT_VERSION: &str = "0.1.0";
+pub const WIT_VERSION: &str = "0.2.0";
 
 impl CapError {
     /// The variant's name as written in WIT (`denied`, `timed-out`, ...).

@@ -283,6 +283,8 @@ pub async fn exec(
             dry_run: false,
             call_timeout: timeout,
             observer: Arc::new(NullObserver),
+            retries: runbook.retries,
+            rto_deadline: None,
         },
         audit,
     );

@@ -168,6 +168,7 @@ pub struct Expect {
 }
 
 /// A simulated environment: one mock per capability.
+#[derive(Clone)]
 pub struct MockEnv {
     /// Kubernetes.
     pub k8s: Arc<MockK8s>,
@@ -195,6 +196,49 @@ impl MockEnv {
             }));
     }
 
+    /// The simulated world's mutable state (deployments, secrets,
+    /// databases, delivered notifications) as JSON. A run on mocks saves it
+    /// after every mutation (`<run>.world.json` beside the audit log) so
+    /// that `drhost run --mock F --resume RUN` continues in the world the
+    /// interrupted run left, not in the fixture's initial one.
+    pub fn world(&self) -> serde_json::Value {
+        serde_json::json!({
+            "k8s": self.k8s.world(),
+            "postgres": self.postgres.world(),
+            "notify": self.notify.sent(),
+        })
+    }
+
+    /// Loads a world saved by [`MockEnv::world`].
+    ///
+    /// # Errors
+    /// A message naming the malformed part.
+    pub fn load_world(&self, world: &serde_json::Value) -> Result<(), String> {
+        self.k8s.load_world(&world["k8s"])?;
+        self.postgres.load_world(&world["postgres"])?;
+        let sent =
+            serde_json::from_value(world["notify"].clone()).map_err(|e| format!("notify: {e}"))?;
+        self.notify.load_sent(sent);
+        Ok(())
+    }
+
+    /// Saves [`MockEnv::world`] to `path` atomically (temp file, fsync,
+    /// rename).
+    ///
+    /// # Errors
+    /// The file cannot be written.
+    pub fn save_world(&self, path: &std::path::Path) -> Result<(), String> {
+        let tmp = path.with_extension("json.tmp");
+        let bytes = serde_json::to_vec(&self.world()).map_err(|e| e.to_string())?;
+        let write = || -> std::io::Result<()> {
+            let mut f = std::fs::File::create(&tmp)?;
+            std::io::Write::write_all(&mut f, &bytes)?;
+            f.sync_all()?;
+            std::fs::rename(&tmp, path)
+        };
+        write().map_err(|e| format!("cannot save the simulated world to {}: {e}", path.display()))
+    }
+
     /// Capabilities backed by these mocks.
     pub fn capabilities(&self, approver: Arc<dyn Approver>) -> Capabilities {
         Capabilities {
@@ -205,6 +249,7 @@ impl MockEnv {
             notify: self.notify.clone(),
             approver,
             state: Arc::new(StateStore::default()),
+            after_mutation: None,
         }
     }
 }

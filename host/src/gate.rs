@@ -17,6 +17,7 @@
 //! An audit write that fails is a trap, not a `cap-error`: nothing may
 //! happen that the audit trail does not show.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
@@ -47,6 +48,9 @@ pub struct StepScope {
     pub step: String,
     /// The step's deadline (extended while the operator is asked).
     pub deadline: Arc<StepDeadline>,
+    /// Mutating calls made so far in this attempt of the step: the `n` of
+    /// the next idempotency key.
+    mutations: Arc<std::sync::atomic::AtomicU32>,
 }
 
 impl StepScope {
@@ -55,7 +59,18 @@ impl StepScope {
         StepScope {
             step: step.into(),
             deadline: Arc::new(StepDeadline::new(deadline)),
+            mutations: Arc::default(),
         }
+    }
+
+    /// The idempotency key of the next mutating call of this step:
+    /// `<run>:<step>:<n>`. A deterministic plugin makes the same calls in
+    /// the same order when its step is re-run, so the keys match.
+    fn next_key(&self, run_id: &str) -> String {
+        let n = self
+            .mutations
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        format!("{run_id}:{}:{n}", self.step)
     }
 
     /// Time left in the step (zero once past the deadline).
@@ -162,6 +177,9 @@ pub enum CallStatus {
     Denied,
     /// A mutation simulated because of `--dry-run`.
     DryRun,
+    /// A mutation whose outcome was already recorded before a crash: a
+    /// resumed run returned that outcome and did not execute it again.
+    Replayed,
 }
 
 impl CallStatus {
@@ -172,6 +190,7 @@ impl CallStatus {
             CallStatus::Error(kind) => kind,
             CallStatus::Denied => "denied",
             CallStatus::DryRun => "dry-run",
+            CallStatus::Replayed => "replayed",
         }
     }
 }
@@ -253,6 +272,44 @@ impl<'a> ErrorJson<'a> {
     }
 }
 
+/// Builds the real call's future: once ([`Gate::call`]) or once per
+/// attempt ([`Gate::call_retrying`]).
+trait MakeCall<T> {
+    type Fut: Future<Output = Result<T, CapError>>;
+    /// The next attempt's future; `None` when it cannot be made again.
+    fn make(&mut self) -> Option<Self::Fut>;
+    /// Whether more than one attempt can be made.
+    fn can_repeat(&self) -> bool;
+}
+
+struct Once<F>(Option<F>);
+
+impl<T, F: Future<Output = Result<T, CapError>>> MakeCall<T> for Once<F> {
+    type Fut = F;
+    fn make(&mut self) -> Option<F> {
+        self.0.take()
+    }
+    fn can_repeat(&self) -> bool {
+        false
+    }
+}
+
+struct Each<M>(M);
+
+impl<T, M, F> MakeCall<T> for Each<M>
+where
+    M: FnMut() -> F,
+    F: Future<Output = Result<T, CapError>>,
+{
+    type Fut = F;
+    fn make(&mut self) -> Option<F> {
+        Some((self.0)())
+    }
+    fn can_repeat(&self) -> bool {
+        true
+    }
+}
+
 /// How many call records a run keeps for its report and fixture
 /// expectations; later calls are still audited, only not kept in memory.
 pub const MAX_CALL_RECORDS: usize = 100_000;
@@ -269,6 +326,10 @@ pub struct GateConfig {
     pub call_timeout: Duration,
     /// Where progress and plugin logs go.
     pub observer: Arc<dyn RunObserver>,
+    /// Retry backoff per class (`[retries]`).
+    pub retries: crate::retry::RetryPolicy,
+    /// When the run's RTO runs out: no retry is attempted past it.
+    pub rto_deadline: Option<Instant>,
 }
 
 /// The gate of one run. Shared by every instance of the run.
@@ -280,6 +341,26 @@ pub struct Gate {
     observer: Arc<dyn RunObserver>,
     audit: Mutex<AuditWriter>,
     calls: Mutex<Vec<CallRecord>>,
+    run_id: String,
+    retries: crate::retry::RetryPolicy,
+    rto_deadline: Option<Instant>,
+    jitter: crate::retry::Jitter,
+    /// Mutating calls recorded before a crash, by idempotency key (set by
+    /// a resumed run, see [`crate::resume`]).
+    replay: Mutex<HashMap<String, RecordedCall>>,
+}
+
+/// A mutating call found in the audit log of an interrupted run.
+#[derive(Debug, Clone)]
+pub struct RecordedCall {
+    /// `capability.operation`.
+    pub op: String,
+    /// The arguments as audited (redacted).
+    pub args: Value,
+    /// Seq of the intent record.
+    pub intent_seq: u64,
+    /// The outcome record's seq and JSON, if the call finished.
+    pub outcome: Option<(u64, Value)>,
 }
 
 fn trap(e: AuditError) -> wasmtime::Error {
@@ -297,9 +378,21 @@ impl Gate {
             dry_run: config.dry_run,
             call_timeout: config.call_timeout,
             observer: config.observer,
+            run_id: audit.run_id().to_owned(),
+            retries: config.retries,
+            rto_deadline: config.rto_deadline,
+            jitter: crate::retry::Jitter::new(),
             audit: Mutex::new(audit),
             calls: Mutex::new(Vec::new()),
+            replay: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Arms replay for a resumed run: a mutating call whose key is here and
+    /// whose outcome was recorded returns that outcome instead of reaching
+    /// the backend again.
+    pub fn set_replay(&self, calls: HashMap<String, RecordedCall>) {
+        *lock(&self.replay) = calls;
     }
 
     /// The backends.
@@ -393,14 +486,49 @@ impl Gate {
     /// The outer `Err` is a trap: the audit log failed, or a mutation has no
     /// dry-run simulation (a host bug). Guest-visible failures are the inner
     /// `Err(CapError)`.
-    pub async fn call<T: Serialize>(
+    pub async fn call<T: Serialize + serde::de::DeserializeOwned>(
         &self,
         scope: &StepScope,
         op: Op<'_>,
         real: impl Future<Output = Result<T, CapError>>,
         dry: Option<SimFuture<'_, T>>,
     ) -> wasmtime::Result<Result<T, CapError>> {
+        self.call_with(scope, op, Once(Some(real)), dry).await
+    }
+
+    /// [`Gate::call`] for an operation that may be retried (see
+    /// [`crate::retry`]): `make` builds the real call's future, once per
+    /// attempt.
+    ///
+    /// # Errors
+    /// As [`Gate::call`].
+    pub async fn call_retrying<T, F, Fut>(
+        &self,
+        scope: &StepScope,
+        op: Op<'_>,
+        make: F,
+        dry: Option<SimFuture<'_, T>>,
+    ) -> wasmtime::Result<Result<T, CapError>>
+    where
+        T: Serialize + serde::de::DeserializeOwned,
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, CapError>>,
+    {
+        self.call_with(scope, op, Each(make), dry).await
+    }
+
+    async fn call_with<T: Serialize + serde::de::DeserializeOwned, M: MakeCall<T>>(
+        &self,
+        scope: &StepScope,
+        op: Op<'_>,
+        mut make: M,
+        dry: Option<SimFuture<'_, T>>,
+    ) -> wasmtime::Result<Result<T, CapError>> {
         let started = Instant::now();
+        let backoff = self
+            .retries
+            .for_class(op.retry_class())
+            .filter(|b| b.attempts > 1 && make.can_repeat());
         let class = op.class();
         let long_running = op.is_long_running();
         let args = raw_json(&op);
@@ -429,8 +557,18 @@ impl Gate {
             return Ok(Err(CapError::Denied(reason)));
         }
 
-        let intent = base().raw_args(args.clone());
         let mutates = class.effect == Effect::Mutate;
+        let key = mutates.then(|| scope.next_key(&self.run_id));
+        if let Some(key) = &key
+            && let Some(replayed) = self.replay(scope, &class, &args, key, started)?
+        {
+            return Ok(replayed);
+        }
+        let base = || match &key {
+            Some(k) => base().key(k.as_str()),
+            None => base(),
+        };
+        let intent = base().raw_args(args.clone());
         if mutates {
             self.record_durable(intent).map_err(trap)?;
         } else {
@@ -474,30 +612,88 @@ impl Gate {
             return Ok(simulated);
         }
 
-        let limit = if long_running {
-            scope.remaining()
-        } else {
-            self.call_timeout.min(scope.remaining())
+        let mut attempt = 1u32;
+        let result = loop {
+            let Some(real) = make.make() else {
+                return Err(wasmtime::Error::msg(
+                    "host bug: a call was retried that cannot be repeated",
+                ));
+            };
+            let limit = if long_running {
+                scope.remaining()
+            } else {
+                self.call_timeout.min(scope.remaining())
+            };
+            let timed = if class.waits_for_operator() {
+                Ok(self.wait_for_operator(scope, real).await?)
+            } else {
+                tokio::time::timeout(limit, real).await
+            };
+            let result = match timed {
+                Ok(r) => r,
+                Err(_) => Err(CapError::TimedOut(format!(
+                    "{}.{} did not answer within {} ({})",
+                    class.capability,
+                    class.operation,
+                    crate::runbook::fmt_duration(limit),
+                    if limit < self.call_timeout {
+                        "the rest of the step's budget"
+                    } else {
+                        "the per-call timeout"
+                    }
+                ))),
+            };
+            let Err(e) = &result else { break result };
+            let Some(b) = backoff.filter(|b| crate::retry::is_retryable(e) && attempt < b.attempts)
+            else {
+                break result;
+            };
+            let delay = b.delay(attempt, self.jitter.next());
+            let left = scope.remaining().min(self.rto_left());
+            let note = |msg: String| {
+                self.record(
+                    Event {
+                        kind: EventKind::Note,
+                        ..base()
+                    }
+                    .message(msg),
+                )
+                .map_err(trap)
+            };
+            if delay >= left {
+                note(format!(
+                    "attempt {attempt} failed ({}: {}); not retried: the next attempt (in {}) \
+                     would not fit in what is left of the step's budget or the RTO ({})",
+                    e.kind(),
+                    e.message(),
+                    crate::runbook::fmt_duration(delay),
+                    crate::runbook::fmt_duration(left)
+                ))?;
+                break result;
+            }
+            note(format!(
+                "attempt {attempt} of {} failed ({}: {}); retrying in {}",
+                b.attempts,
+                e.kind(),
+                e.message(),
+                crate::runbook::fmt_duration(delay)
+            ))?;
+            tokio::time::sleep(delay).await;
+            attempt += 1;
         };
-        let timed = if class.waits_for_operator() {
-            Ok(self.wait_for_operator(scope, real).await?)
-        } else {
-            tokio::time::timeout(limit, real).await
+        let result = match result {
+            Err(e) if attempt > 1 => Err(CapError::from_kind(
+                e.kind(),
+                format!("{} (after {attempt} attempts)", e.message()),
+            )
+            .unwrap_or(e)),
+            other => other,
         };
-        let result = match timed {
-            Ok(r) => r,
-            Err(_) => Err(CapError::TimedOut(format!(
-                "{}.{} did not answer within {} ({})",
-                class.capability,
-                class.operation,
-                crate::runbook::fmt_duration(limit),
-                if limit < self.call_timeout {
-                    "the rest of the step's budget"
-                } else {
-                    "the per-call timeout"
-                }
-            ))),
-        };
+        // A run on mocks saves the simulated world before the outcome is
+        // recorded (a resumed run continues in it).
+        if mutates && let Some(save) = &self.caps.after_mutation {
+            save().map_err(wasmtime::Error::msg)?;
+        }
         let (outcome, status, detail) = match &result {
             Ok(v) => (
                 raw_json(&Outcome::Ok { ok: v }),
@@ -523,6 +719,108 @@ impl Gate {
         }
         self.finish(scope, &class, args, status, detail, started);
         Ok(result)
+    }
+
+    /// What is left of the run's RTO (unbounded when none is set).
+    fn rto_left(&self) -> Duration {
+        self.rto_deadline.map_or(Duration::MAX, |d| {
+            d.saturating_duration_since(Instant::now())
+        })
+    }
+
+    /// Replays a mutating call recorded before a crash (see
+    /// [`Gate::set_replay`]): `Some(result)` when the audit log holds an
+    /// outcome for `key` with the same operation and arguments. A recorded
+    /// intent without an outcome, or a call that differs (the plugin did
+    /// something else this time), is executed; the runner decided that
+    /// re-running the step is acceptable.
+    fn replay<T: serde::de::DeserializeOwned>(
+        &self,
+        scope: &StepScope,
+        class: &crate::policy::OpClass,
+        args: &RawValue,
+        key: &str,
+        started: Instant,
+    ) -> wasmtime::Result<Option<Result<T, CapError>>> {
+        let op = format!("{}.{}", class.capability, class.operation);
+        let Some(recorded) = lock(&self.replay).get(key).cloned() else {
+            return Ok(None);
+        };
+        // The log holds redacted arguments: compare like with like.
+        let now: Value = match crate::redact::raw(args) {
+            Some(redacted) => serde_json::from_str(redacted.get()),
+            None => serde_json::from_str(args.get()),
+        }
+        .unwrap_or(Value::Null);
+        let note = |msg: String| {
+            self.record(
+                Event::new(EventKind::Note)
+                    .step(scope.step.as_str())
+                    .call(class.capability, class.operation)
+                    .key(key)
+                    .message(msg),
+            )
+            .map_err(trap)
+        };
+        if recorded.op != op || recorded.args != now {
+            note(format!(
+                "resume: the plugin's call {key} is {op} {now} but the interrupted run recorded {} {} (seq {}); \
+                 executing it (the plugin is not deterministic)",
+                recorded.op, recorded.args, recorded.intent_seq
+            ))?;
+            return Ok(None);
+        }
+        let Some((outcome_seq, outcome)) = recorded.outcome else {
+            note(format!(
+                "resume: {op} {key} was in flight when the host stopped (intent seq {}, no outcome); \
+                 executing it again",
+                recorded.intent_seq
+            ))?;
+            return Ok(None);
+        };
+        let result: Result<T, CapError> = if let Some(ok) = outcome.get("ok") {
+            serde_json::from_value(ok.clone()).map_err(|e| {
+                CapError::Conflict(format!(
+                    "{op} was executed before the host stopped (audit seq {outcome_seq}) but its \
+                     recorded result cannot be replayed ({e}); it is not executed twice: check its \
+                     effect by hand"
+                ))
+            })
+        } else {
+            let error = outcome.get("error");
+            let text = |f: &str| {
+                error
+                    .and_then(|e| e.get(f))
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_owned()
+            };
+            Err(CapError::from_kind(&text("kind"), text("message"))
+                .unwrap_or_else(|| CapError::Failed(text("message"))))
+        };
+        let event = Event::new(EventKind::CallOutcome)
+            .step(scope.step.as_str())
+            .call(class.capability, class.operation)
+            .key(key)
+            .outcome(&outcome)
+            .duration(started.elapsed())
+            .message(format!(
+                "replayed from audit seq {outcome_seq}: executed before the host stopped, not executed again"
+            ));
+        self.record_durable(event).map_err(trap)?;
+        let detail = match &result {
+            Ok(_) => String::new(),
+            Err(e) => e.message().to_owned(),
+        };
+        self.finish(
+            scope,
+            class,
+            args.to_owned(),
+            CallStatus::Replayed,
+            detail,
+            started,
+        );
+        Ok(Some(result))
     }
 
     /// Awaits an answer from the operator with no time limit: the wait

@@ -125,7 +125,7 @@ impl PluginCtx {
     ///
     /// # Errors
     /// A trap when the gate traps.
-    pub fn call<'a, T: serde::Serialize + Send + 'a>(
+    pub fn call<'a, T: serde::Serialize + serde::de::DeserializeOwned + Send + 'a>(
         &self,
         op: Op<'a>,
         real: impl Future<Output = Result<T, CapError>> + Send + 'a,
@@ -136,6 +136,33 @@ impl PluginCtx {
         async move {
             match gate {
                 Some(g) => g.call(&scope, op, real, dry).await,
+                None => Ok(Err(no_capabilities())),
+            }
+        }
+    }
+
+    /// Sends a call that may be retried through the gate (see
+    /// [`Gate::call_retrying`]): `make` builds the real call, once per
+    /// attempt.
+    ///
+    /// # Errors
+    /// A trap when the gate traps.
+    pub fn call_retrying<'a, T, F, Fut>(
+        &self,
+        op: Op<'a>,
+        make: F,
+        dry: Option<SimFuture<'a, T>>,
+    ) -> impl Future<Output = wasmtime::Result<Result<T, CapError>>> + Send + 'a
+    where
+        T: serde::Serialize + serde::de::DeserializeOwned + Send + 'a,
+        F: FnMut() -> Fut + Send + 'a,
+        Fut: Future<Output = Result<T, CapError>> + Send + 'a,
+    {
+        let gate = self.gate.clone();
+        let scope = self.scope.clone();
+        async move {
+            match gate {
+                Some(g) => g.call_retrying(&scope, op, make, dry).await,
                 None => Ok(Err(no_capabilities())),
             }
         }

@@ -260,7 +260,7 @@ fn check_imports(
     path: &Path,
 ) -> Result<(Vec<String>, Vec<String>), PluginError> {
     let host =
-        semver::Version::parse(WIT_VERSION).unwrap_or_else(|_| semver::Version::new(0, 1, 0));
+        semver::Version::parse(WIT_VERSION).unwrap_or_else(|_| semver::Version::new(0, 2, 0));
     let mut imports = Vec::new();
     let mut contract = Vec::new();
     for (name, _) in component.component_type().imports(engine.engine()) {

@@ -168,6 +168,42 @@ impl Op<'_> {
         )
     }
 
+    /// How this call may be retried (see [`crate::retry`]). Exhaustive by
+    /// design: a new operation must be classified.
+    pub fn retry_class(&self) -> crate::retry::RetryClass {
+        use crate::retry::RetryClass::*;
+        match self {
+            Op::K8sGetDeployment { .. }
+            | Op::K8sClusterReachable {}
+            | Op::PgIntegrityCheck { .. }
+            | Op::PgQuery { .. }
+            | Op::ObjList { .. }
+            | Op::ObjNewest { .. }
+            | Op::ObjHead { .. }
+            | Op::ObjVerify { .. }
+            | Op::ObjGet { .. }
+            | Op::HealthCheck { .. } => Read,
+            // Absolute targets: the same result however often applied. A
+            // restore goes into a fresh `<db>_restore_<run>` (a leftover is
+            // dropped first) and swaps atomically.
+            Op::K8sScale { .. }
+            | Op::K8sApply { .. }
+            | Op::K8sReplaceSecret { .. }
+            | Op::PgRestore { .. }
+            | Op::PgTerminateConnections { .. } => IdempotentMutation,
+            // Waits retry inside themselves until their own deadline.
+            Op::K8sWaitReady { .. } | Op::HealthWaitHealthy { .. } => Never,
+            // Twice is two revisions back / two pages.
+            Op::K8sRolloutUndo { .. } | Op::OperatorNotify { .. } => Never,
+            Op::OperatorConfirm { .. } | Op::OperatorAsk { .. } => Never,
+            Op::StateGet { .. }
+            | Op::StateSet { .. }
+            | Op::StateDelete { .. }
+            | Op::ClockNow {}
+            | Op::ClockSleep { .. } => Never,
+        }
+    }
+
     /// Interface, function and effect of this call. Exhaustive by design.
     pub fn class(&self) -> OpClass {
         use Effect::*;

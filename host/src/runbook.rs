@@ -94,6 +94,9 @@ pub struct RawRunbook {
     /// Where the real backends are.
     #[serde(default)]
     pub backends: crate::backends::RawBackends,
+    /// Retry backoff per class (see [`crate::retry`]).
+    #[serde(default)]
+    pub retries: crate::retry::RawRetries,
 }
 
 /// `[plugin]`.
@@ -167,6 +170,8 @@ pub struct Runbook {
     pub audit_mirror: Option<AuditMirrorTarget>,
     /// `[run] lease_ttl` (default [`crate::lease::DEFAULT_LEASE_TTL`]).
     pub lease_ttl: Duration,
+    /// `[retries]` (see [`crate::retry`]).
+    pub retries: crate::retry::RetryPolicy,
 }
 
 /// Where `[run] audit_mirror` copies the audit log: `s3://bucket/prefix`,
@@ -344,7 +349,9 @@ impl Runbook {
             }
             None => crate::lease::DEFAULT_LEASE_TTL,
         };
+        let retries = raw.retries.resolve().map_err(|(f, p)| invalid(&f, p))?;
         Ok(Runbook {
+            retries,
             lease_ttl,
             audit_mirror,
             path: path.to_owned(),

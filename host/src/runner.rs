@@ -74,6 +74,9 @@ pub enum RunError {
     /// The state file cannot be used.
     #[error("{0}")]
     State(String),
+    /// The run cannot be resumed (see [`crate::resume`]).
+    #[error("{0}")]
+    Resume(String),
 }
 
 /// Options of one run.
@@ -97,6 +100,9 @@ pub struct RunOptions {
     pub break_lease: bool,
     /// How often held leases are renewed.
     pub lease_renew_every: Duration,
+    /// Continue the interrupted run `run_id` from its audit log (see
+    /// [`crate::resume`]) instead of starting a new one.
+    pub resume: bool,
 }
 
 /// How a step ended.
@@ -389,7 +395,16 @@ pub async fn run(
     let budgets = budgets(plugin, runbook).map_err(config_err)?;
     let rto = rto(plugin, runbook);
     let run_id = options.run_id.clone().unwrap_or_else(new_run_id);
-    let audit = AuditWriter::create(&options.audit_dir, &run_id, plugin.identity())?;
+    let (audit, resume) = if options.resume {
+        let (audit, plan) = crate::resume::plan(&options.audit_dir, &run_id, plugin, &params)
+            .map_err(RunError::Resume)?;
+        (audit, Some(plan))
+    } else {
+        (
+            AuditWriter::create(&options.audit_dir, &run_id, plugin.identity())?,
+            None,
+        )
+    };
     let state_file = options.audit_dir.join(format!("{run_id}.state.json"));
     caps.state = Arc::new(StateStore::persistent(&state_file).map_err(RunError::State)?);
     let state = caps.state.clone();
@@ -400,12 +415,17 @@ pub async fn run(
             dry_run: options.dry_run,
             call_timeout: runbook.call_timeout,
             observer: observer.clone(),
+            retries: runbook.retries,
+            rto_deadline: Some(Instant::now() + rto),
         },
         audit,
     ));
     let audit_path = gate.audit_path();
     let started = Instant::now();
-    gate.record_durable(Event::new(EventKind::RunStart).args(json!({
+    if let Some(plan) = &resume {
+        record_resume(&gate, plan, observer.as_ref())?;
+    } else {
+        gate.record_durable(Event::new(EventKind::RunStart).args(json!({
         "runbook": runbook.path,
         "plugin_file": plugin.path,
         "params": params.iter().cloned().collect::<BTreeMap<_, _>>(),
@@ -418,6 +438,9 @@ pub async fn run(
         },
         "simulation": options.simulation,
     })))?;
+    }
+    let start_at = resume.as_ref().map_or(0, |p| p.start_at);
+    let in_flight = resume.and_then(|p| p.in_flight);
 
     let total = plugin.info.steps.len();
     let me = crate::lease::Holder::this_run(&run_id);
@@ -425,7 +448,15 @@ pub async fn run(
     let mut steps = Vec::new();
     let mut outcome = RunOutcome::Completed;
     let mut rto_warned = false;
-    for (i, (info, budget)) in plugin.info.steps.iter().zip(&budgets).enumerate() {
+    for (i, (info, budget)) in plugin
+        .info
+        .steps
+        .iter()
+        .zip(&budgets)
+        .enumerate()
+        .skip(start_at)
+    {
+        let interrupted = in_flight.as_ref().filter(|f| f.step == info.id);
         observer.step_started(i + 1, total, info, *budget);
         gate.record_durable(
             Event::new(EventKind::StepStart)
@@ -440,9 +471,13 @@ pub async fn run(
         } else {
             None
         };
-        let report = match lease_refusal {
-            Some(refused) => Some(StepStatus::Failed(refused)),
-            None => approve_step(&gate, info).await,
+        let report = match (lease_refusal, interrupted) {
+            (Some(refused), _) => Some(StepStatus::Failed(refused)),
+            (None, Some(f)) => {
+                gate.set_replay(f.replay());
+                approve_interrupted(&gate, info, f).await?
+            }
+            (None, None) => approve_step(&gate, info).await,
         };
         let report = match report {
             Some(declined) => StepReport {
@@ -511,7 +546,7 @@ pub async fn run(
             break;
         }
     }
-    let skipped: Vec<String> = plugin.info.steps[steps.len()..]
+    let skipped: Vec<String> = plugin.info.steps[start_at + steps.len()..]
         .iter()
         .map(|s| s.id.clone())
         .collect();
@@ -670,6 +705,127 @@ fn warn_and_note(
             .message(msg),
     )?;
     Ok(())
+}
+
+/// Records the resumption of an interrupted run: what is re-run, what
+/// completed, the torn line if any, and closes every call of unknown effect
+/// with an `unknown` outcome (so the chain's open intents are the ones of
+/// this attempt only).
+fn record_resume(
+    gate: &Gate,
+    plan: &crate::resume::ResumePlan,
+    observer: &dyn RunObserver,
+) -> Result<(), RunError> {
+    let operator = crate::capability::operator::approver::operator_name();
+    let mut msg = format!(
+        "resuming run {} (started {}) by {operator}: {} done",
+        plan.run_id,
+        plan.started,
+        if plan.completed.is_empty() {
+            "no step".to_owned()
+        } else {
+            plan.completed.join(", ")
+        },
+    );
+    if let Some(f) = &plan.in_flight {
+        msg.push_str(&format!("; step {} was interrupted", f.step));
+    }
+    if let Some(torn) = &plan.torn {
+        msg.push_str(&format!(
+            "; the log ended in a torn line (the host died mid-write), saved to {}",
+            torn.display()
+        ));
+    }
+    observer.warning(&msg);
+    gate.record_durable(
+        Event::new(EventKind::Note)
+            .call("run", "resume")
+            .args(json!({
+                "operator": operator,
+                "completed": plan.completed,
+                "in_flight": plan.in_flight.as_ref().map(|f| &f.step),
+                "torn_line_saved_to": plan.torn,
+            }))
+            .message(msg),
+    )?;
+    if let Some(f) = &plan.in_flight {
+        for (key, call) in f.unknown() {
+            let (capability, operation) = call.op.split_once('.').unwrap_or((&call.op, ""));
+            gate.record_durable(
+                Event::new(EventKind::CallOutcome)
+                    .step(f.step.as_str())
+                    .call(capability, operation)
+                    .key(key.as_str())
+                    .outcome(json!({ "unknown": true }))
+                    .message(format!(
+                        "effect unknown: the host stopped after the intent (seq {}) and before the outcome",
+                        call.intent_seq
+                    )),
+            )?;
+        }
+    }
+    Ok(())
+}
+
+/// The approval of a step a crash interrupted. A step that does not mutate
+/// needs none. When calls of unknown effect remain and the plugin does not
+/// declare the step idempotent, the operator is shown them and decides;
+/// otherwise the approval given before the interruption stands (or is
+/// asked, if there was none). `Some(status)` when declined.
+async fn approve_interrupted(
+    gate: &Gate,
+    info: &StepInfo,
+    f: &crate::resume::InFlight,
+) -> Result<Option<StepStatus>, RunError> {
+    if !info.mutates || gate.dry_run() {
+        return Ok(None);
+    }
+    let unknown = f.unknown().count();
+    if unknown > 0 && !info.idempotent {
+        let request = ApprovalRequest {
+            step: info.id.clone(),
+            kind: ApprovalKind::Resume,
+            question: format!(
+                "Step {:?} ({}) was interrupted and {unknown} of its calls may or may not have \
+                 taken effect. The plugin does not declare it safe to re-run. Calls:{}\nRe-run \
+                 the step from its start (completed calls are replayed, not executed again; \
+                 the in-flight ones are executed again)?",
+                info.id,
+                info.title,
+                f.describe()
+            ),
+        };
+        return Ok(match gate.approve(request).await {
+            Ok(a) if a.approved => None,
+            Ok(a) => Some(StepStatus::Declined(format!(
+                "interrupted step {} not re-run ({} said no): check the in-flight calls by hand, \
+                 then resume again or finish by hand",
+                info.id, a.by
+            ))),
+            Err(e) => Some(StepStatus::Declined(format!(
+                "approval could not be recorded: {e}"
+            ))),
+        });
+    }
+    match &f.approved_by {
+        Some(by) => {
+            gate.record(
+                Event::new(EventKind::Note)
+                    .step(info.id.clone())
+                    .message(format!(
+                        "resume: step {} re-run under the approval {by} gave before the interruption{}",
+                        info.id,
+                        if unknown > 0 {
+                            " (the plugin declares it idempotent)"
+                        } else {
+                            ""
+                        }
+                    )),
+            )?;
+            Ok(None)
+        }
+        None => Ok(approve_step(gate, info).await),
+    }
 }
 
 /// Asks approval for a mutating step; `Some(status)` when declined.

@@ -136,6 +136,20 @@ enum Command {
         /// Take the run's leases even from a live holder (its run id, operator and host are audited).
         #[arg(long)]
         break_lease: bool,
+        /// Continue the interrupted run RUN_ID (its audit log in --audit-dir) after its last
+        /// completed step: same plugin (sha256) and parameters; completed calls are replayed,
+        /// not executed again. `drhost runs` lists the runs.
+        #[arg(long, value_name = "RUN_ID")]
+        resume: Option<String>,
+    },
+    /// List the runs in an audit directory with their status (completed, stopped, interrupted).
+    Runs {
+        /// Directory of the audit logs.
+        #[arg(long, default_value = "drhost-audit")]
+        audit_dir: PathBuf,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
     },
     /// A DR drill: run the scenario with --yes against a simulation (--mock) or the runbook's
     /// real backends, measure every step against its budget and the whole against the RTO, and
@@ -457,6 +471,7 @@ async fn dispatch(cli: Cli, clock: RunClock) -> Result<i32, Failure> {
             json,
             time_scale: _,
             break_lease,
+            resume,
         } => {
             let engine = engine()?;
             let rb = Runbook::load(&runbook).map_err(bad_input)?;
@@ -477,6 +492,7 @@ async fn dispatch(cli: Cli, clock: RunClock) -> Result<i32, Failure> {
                 false,
                 clock,
                 break_lease,
+                resume.as_deref(),
             )
             .await?;
             if json {
@@ -524,6 +540,18 @@ async fn dispatch(cli: Cli, clock: RunClock) -> Result<i32, Failure> {
                 clock,
             )
             .await
+        }
+        Command::Runs { audit_dir, json } => {
+            let runs = drhost::runs::list(&audit_dir).map_err(|e| bad_input(anyhow::anyhow!(e)))?;
+            if json {
+                let text = serde_json::to_string_pretty(&runs).map_err(host_failure)?;
+                println!("{text}");
+            } else if runs.is_empty() {
+                println!("no runs in {}", audit_dir.display());
+            } else {
+                print!("{}", drhost::runs::render(&runs));
+            }
+            Ok(0)
         }
         Command::Report { audit, format, out } => {
             let report =
@@ -819,6 +847,7 @@ async fn execute(
     testing: bool,
     clock: RunClock,
     break_lease: bool,
+    resume: Option<&str>,
 ) -> Result<RunReport, Failure> {
     let fallback: Box<dyn Approver> = if yes || testing {
         Box::new(AutoApprove)
@@ -827,12 +856,28 @@ async fn execute(
     } else {
         Box::new(RefuseApprover)
     };
-    let run_id = runner::new_run_id();
+    let run_id = resume.map_or_else(runner::new_run_id, str::to_owned);
     let progress = Progress::default();
     let caps = match fixture {
         Some(f) => {
             f.env.enforce_bundle_grants(&rb.grants);
             let mut caps = f.env.capabilities(f.approver(fallback));
+            // The simulated world is saved after every mutation, so a
+            // resumed run continues where the interrupted one left it.
+            let world = audit_dir.join(format!("{run_id}.world.json"));
+            if resume.is_some() && world.exists() {
+                let saved: serde_json::Value = std::fs::read(&world)
+                    .map_err(anyhow::Error::from)
+                    .and_then(|b| Ok(serde_json::from_slice(&b)?))
+                    .and_then(|v| f.env.load_world(&v).map(|()| v).map_err(anyhow::Error::msg))
+                    .map_err(|e| bad_input(anyhow::anyhow!("{}: {e}", world.display())))?;
+                drop(saved);
+                eprintln!("simulated world restored from {}", world.display());
+            }
+            if !testing && !dry_run {
+                let env = f.env.clone();
+                caps.after_mutation = Some(Arc::new(move || env.save_world(&world)));
+            }
             if !f.live.is_empty() {
                 caps.use_live(&f.live, rb, &run_id, progress.clone(), true)
                     .map_err(|e| bad_input(anyhow::anyhow!("{}: {e}", rb.path.display())))?;
@@ -899,11 +944,12 @@ async fn execute(
         leases,
         break_lease,
         lease_renew_every: rb.lease_ttl / 3,
+        resume: resume.is_some(),
     };
     runner::run(engine, plugin, rb, caps, options, observer)
         .await
         .map_err(|e| match e {
-            runner::RunError::Config { .. } => bad_input(e),
+            runner::RunError::Config { .. } | runner::RunError::Resume(_) => bad_input(e),
             other => host_failure(other),
         })
 }
@@ -1147,6 +1193,7 @@ async fn test(
         true,
         clock,
         false,
+        None,
     )
     .await;
     let report = report?;
@@ -1305,6 +1352,7 @@ async fn drill(
         false,
         clock,
         false,
+        None,
     )
     .await?;
     eprint!("{}", drhost::redact::text(&drhost::report::render(&report)));

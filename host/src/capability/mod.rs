@@ -40,7 +40,15 @@ pub struct Capabilities {
     pub approver: Arc<dyn operator::Approver>,
     /// The run's key/value state.
     pub state: Arc<state::StateStore>,
+    /// Called by the gate after each mutation reached its backend and
+    /// before its outcome is recorded: a run on mocks saves the simulated
+    /// world there (see [`crate::fixture::MockEnv::world`]). An error is a
+    /// trap, as an audit failure is.
+    pub after_mutation: Option<AfterMutation>,
 }
+
+/// See [`Capabilities::after_mutation`].
+pub type AfterMutation = Arc<dyn Fn() -> Result<(), String> + Send + Sync>;
 
 impl Capabilities {
     /// Capabilities where every external backend answers `unavailable`
@@ -56,6 +64,7 @@ impl Capabilities {
             notify: u,
             approver,
             state: Arc::new(state::StateStore::default()),
+            after_mutation: None,
         }
     }
 }

@@ -46,9 +46,14 @@ const STEPS: &[StepRow] = &[
         ROLLBACK,
         "Roll back to the previous version",
         5 * MINUTE_MS,
-        true,
+        StepKind::Mutates,
     ),
-    (VERIFY, "Verify the rollback", 5 * MINUTE_MS, false),
+    (
+        VERIFY,
+        "Verify the rollback",
+        5 * MINUTE_MS,
+        StepKind::Reads,
+    ),
 ];
 
 /// Parameters: name, default, description. The defaults are both reported by

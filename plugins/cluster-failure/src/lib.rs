@@ -85,26 +85,31 @@ const VERIFY: &str = "verify";
 
 /// Steps: id, title, budget, mutates.
 const STEPS: &[StepRow] = &[
-    (ASSESS, "Assess the situation", 5 * MINUTE_MS, false),
+    (
+        ASSESS,
+        "Assess the situation",
+        5 * MINUTE_MS,
+        StepKind::Reads,
+    ),
     (
         RESTORE_INFRASTRUCTURE,
         "Restore namespace, configuration and secrets",
         30 * MINUTE_MS,
-        true,
+        StepKind::MutatesIdempotently,
     ),
     (
         RESTORE_DATABASE,
         "Restore the database from backup",
         20 * MINUTE_MS,
-        true,
+        StepKind::Mutates,
     ),
     (
         DEPLOY_APPLICATIONS,
         "Deploy the applications",
         10 * MINUTE_MS,
-        true,
+        StepKind::MutatesIdempotently,
     ),
-    (VERIFY, "Verify services", 5 * MINUTE_MS, false),
+    (VERIFY, "Verify services", 5 * MINUTE_MS, StepKind::Reads),
 ];
 
 /// Parameters: name, default, description. The defaults are both reported by

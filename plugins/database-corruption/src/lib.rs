@@ -36,16 +36,36 @@ const VERIFY: &str = "verify";
 
 /// Steps: id, title, budget, mutates.
 const STEPS: &[StepRow] = &[
-    (STOP_SERVICES, "Stop affected services", 2 * MINUTE_MS, true),
+    (
+        STOP_SERVICES,
+        "Stop affected services",
+        2 * MINUTE_MS,
+        StepKind::Mutates,
+    ),
     (
         IDENTIFY_CORRUPTION,
         "Identify corruption",
         10 * MINUTE_MS,
-        false,
+        StepKind::Reads,
     ),
-    (RESTORE, "Restore from backup", 15 * MINUTE_MS, true),
-    (RESTART_SERVICES, "Restart services", 5 * MINUTE_MS, true),
-    (VERIFY, "Verify data integrity", 10 * MINUTE_MS, false),
+    (
+        RESTORE,
+        "Restore from backup",
+        15 * MINUTE_MS,
+        StepKind::Mutates,
+    ),
+    (
+        RESTART_SERVICES,
+        "Restart services",
+        5 * MINUTE_MS,
+        StepKind::MutatesIdempotently,
+    ),
+    (
+        VERIFY,
+        "Verify data integrity",
+        10 * MINUTE_MS,
+        StepKind::Reads,
+    ),
 ];
 
 /// Parameters: name, default, description. The defaults are both reported by

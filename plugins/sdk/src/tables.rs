@@ -12,8 +12,8 @@
 //!
 //! const PARAMS: &[ParamRow] = &[("namespace", "default", "Kubernetes namespace.")];
 //! const STEPS: &[StepRow] = &[
-//!     ("stop", "Stop the backend", 2 * MINUTE_MS, true),
-//!     ("verify", "Verify", 5 * MINUTE_MS, false),
+//!     ("stop", "Stop the backend", 2 * MINUTE_MS, StepKind::Mutates),
+//!     ("verify", "Verify", 5 * MINUTE_MS, StepKind::Reads),
 //! ];
 //!
 //! let params = param_infos(PARAMS);
@@ -27,7 +27,7 @@
 //! ```
 
 use crate::bindings::dr::recovery::types::{ParamInfo, StepInfo};
-use crate::{param, step};
+use crate::{StepKind, param, step};
 
 /// One row of a parameter table: `(name, default, description)`.
 ///
@@ -36,9 +36,9 @@ use crate::{param, step};
 /// legitimate default ("none").
 pub type ParamRow = (&'static str, &'static str, &'static str);
 
-/// One row of a step table: `(id, title, budget_ms, mutates)`, the
+/// One row of a step table: `(id, title, budget_ms, kind)`, the
 /// arguments of [`step`](crate::step).
-pub type StepRow = (&'static str, &'static str, u64, bool);
+pub type StepRow = (&'static str, &'static str, u64, StepKind);
 
 /// The `params` of `ScenarioInfo` from a parameter table: one
 /// [`ParamInfo`] per row, in order, each with its default
@@ -55,7 +55,7 @@ pub fn param_infos(table: &[ParamRow]) -> Vec<ParamInfo> {
 pub fn step_infos(table: &[StepRow]) -> Vec<StepInfo> {
     table
         .iter()
-        .map(|(id, title, budget, mutates)| step(id, title, *budget, *mutates))
+        .map(|(id, title, budget, kind)| step(id, title, *budget, *kind))
         .collect()
 }
 
@@ -100,8 +100,13 @@ mod tests {
     ];
 
     const STEPS: &[StepRow] = &[
-        ("stop", "Stop the services", 2 * MINUTE_MS, true),
-        ("verify", "Verify", 10 * MINUTE_MS, false),
+        (
+            "stop",
+            "Stop the services",
+            2 * MINUTE_MS,
+            StepKind::Mutates,
+        ),
+        ("verify", "Verify", 10 * MINUTE_MS, StepKind::Reads),
     ];
 
     #[test]

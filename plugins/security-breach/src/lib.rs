@@ -66,31 +66,31 @@ const STEPS: &[StepRow] = &[
         IMMEDIATE_RESPONSE,
         "Immediate response: isolate, revoke credentials, enable logging",
         5 * MINUTE_MS,
-        true,
+        StepKind::Mutates,
     ),
     (
         CONTAINMENT,
         "Containment: keep isolated, cut database sessions, network policy",
         15 * MINUTE_MS,
-        true,
+        StepKind::MutatesIdempotently,
     ),
     (
         INVESTIGATION,
         "Investigation: attack vector, data exposure, restore decision",
         30 * MINUTE_MS,
-        false,
+        StepKind::Reads,
     ),
     (
         REMEDIATION,
         "Remediation: restore from a clean backup if needed",
         20 * MINUTE_MS,
-        true,
+        StepKind::Mutates,
     ),
     (
         RESTORE_SERVICES,
         "Restore services and verify",
         10 * MINUTE_MS,
-        true,
+        StepKind::MutatesIdempotently,
     ),
 ];
 

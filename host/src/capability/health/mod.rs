@@ -37,8 +37,12 @@ impl HealthBackend for super::Unavailable {
 impl Host for PluginCtx {
     async fn check(&mut self, target: String) -> wasmtime::Result<Result<CheckResult, CapError>> {
         let b = self.caps().health.clone();
-        self.call(Op::HealthCheck { target: &target }, b.check(&target), None)
-            .await
+        self.call_retrying(
+            Op::HealthCheck { target: &target },
+            || b.check(&target),
+            None,
+        )
+        .await
     }
 
     async fn wait_healthy(

@@ -171,6 +171,64 @@ impl MockK8s {
         })
     }
 
+    /// The simulated cluster's mutable state, for a resumed run (see
+    /// [`crate::fixture::MockEnv::world`]). A rollout in progress is saved
+    /// as its ready count; it starts over when loaded.
+    pub fn world(&self) -> serde_json::Value {
+        let deployments: Vec<serde_json::Value> = lock(&self.deployments)
+            .iter()
+            .map(|((ns, name), d)| {
+                serde_json::json!({
+                    "namespace": ns, "name": name, "replicas": d.replicas,
+                    "ready": d.ready_now(), "history": d.history, "exists": d.exists,
+                })
+            })
+            .collect();
+        serde_json::json!({ "deployments": deployments, "secrets": *lock(&self.secrets) })
+    }
+
+    /// Loads what [`MockK8s::world`] saved.
+    ///
+    /// # Errors
+    /// A message naming the malformed part.
+    pub fn load_world(&self, world: &serde_json::Value) -> Result<(), String> {
+        #[derive(Deserialize)]
+        struct Saved {
+            namespace: String,
+            name: String,
+            replicas: u32,
+            ready: u32,
+            history: Vec<(u64, String)>,
+            exists: bool,
+        }
+        let saved: Vec<Saved> = serde_json::from_value(world["deployments"].clone())
+            .map_err(|e| format!("k8s.deployments: {e}"))?;
+        let secrets: BTreeMap<String, u32> = serde_json::from_value(world["secrets"].clone())
+            .map_err(|e| format!("k8s.secrets: {e}"))?;
+        let mut deployments = lock(&self.deployments);
+        for s in saved {
+            let d = deployments
+                .entry((s.namespace.clone(), s.name.clone()))
+                .or_insert_with(|| Deployment {
+                    replicas: 0,
+                    ready_before: 0,
+                    changed_at: None,
+                    ready_delay: Duration::ZERO,
+                    never_ready: false,
+                    history: Vec::new(),
+                    exists: false,
+                });
+            d.replicas = s.replicas;
+            d.ready_before = s.ready;
+            // A rollout that had not finished goes on from now.
+            d.changed_at = (s.ready < s.replicas).then(Instant::now);
+            d.history = s.history;
+            d.exists = s.exists;
+        }
+        *lock(&self.secrets) = secrets;
+        Ok(())
+    }
+
     /// Checks every object of an applied bundle with `guard` (the runbook's
     /// `[grants.k8s] kinds` and `namespaces`) before anything is applied,
     /// as the live backend does.

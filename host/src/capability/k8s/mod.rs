@@ -25,7 +25,7 @@ impl Host for PluginCtx {
             namespace: &namespace,
             name: &name,
         };
-        self.call(op, b.get_deployment(&namespace, &name), None)
+        self.call_retrying(op, || b.get_deployment(&namespace, &name), None)
             .await
     }
 
@@ -43,9 +43,9 @@ impl Host for PluginCtx {
         };
         // Dry run: report the current count as "previous", read for real.
         let dry = async { b.get_deployment(&namespace, &name).await.map(|d| d.desired) };
-        self.call(
+        self.call_retrying(
             op,
-            b.scale(&namespace, &name, replicas),
+            || b.scale(&namespace, &name, replicas),
             Some(Box::pin(dry)),
         )
         .await
@@ -96,7 +96,8 @@ impl Host for PluginCtx {
         let b = self.caps().k8s.clone();
         let op = Op::K8sApply { bundle: &bundle };
         let dry = async { Ok(Vec::new()) };
-        self.call(op, b.apply(&bundle), Some(Box::pin(dry))).await
+        self.call_retrying(op, || b.apply(&bundle), Some(Box::pin(dry)))
+            .await
     }
 
     async fn replace_secret(
@@ -112,9 +113,9 @@ impl Host for PluginCtx {
             source: &source,
         };
         let dry = async { Ok(()) };
-        self.call(
+        self.call_retrying(
             op,
-            b.replace_secret(&namespace, &name, &source),
+            || b.replace_secret(&namespace, &name, &source),
             Some(Box::pin(dry)),
         )
         .await
@@ -122,7 +123,7 @@ impl Host for PluginCtx {
 
     async fn cluster_reachable(&mut self) -> wasmtime::Result<Result<String, CapError>> {
         let b = self.caps().k8s.clone();
-        self.call(Op::K8sClusterReachable {}, b.cluster_reachable(), None)
+        self.call_retrying(Op::K8sClusterReachable {}, || b.cluster_reachable(), None)
             .await
     }
 }

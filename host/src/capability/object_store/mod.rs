@@ -53,7 +53,8 @@ impl Host for PluginCtx {
             bucket: &bucket,
             prefix: &prefix,
         };
-        self.call(op, b.list(&bucket, &prefix), None).await
+        self.call_retrying(op, || b.list(&bucket, &prefix), None)
+            .await
     }
 
     async fn newest(
@@ -66,7 +67,8 @@ impl Host for PluginCtx {
             bucket: &bucket,
             prefix: &prefix,
         };
-        self.call(op, b.newest(&bucket, &prefix), None).await
+        self.call_retrying(op, || b.newest(&bucket, &prefix), None)
+            .await
     }
 
     async fn head(
@@ -79,7 +81,7 @@ impl Host for PluginCtx {
             bucket: &bucket,
             key: &key,
         };
-        self.call(op, b.head(&bucket, &key), None).await
+        self.call_retrying(op, || b.head(&bucket, &key), None).await
     }
 
     async fn verify(
@@ -92,6 +94,7 @@ impl Host for PluginCtx {
             bucket: &bucket,
             key: &key,
         };
-        self.call(op, b.verify(&bucket, &key), None).await
+        self.call_retrying(op, || b.verify(&bucket, &key), None)
+            .await
     }
 }

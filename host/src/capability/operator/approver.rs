@@ -21,6 +21,9 @@ pub enum ApprovalKind {
     Step,
     /// The plugin called `operator.confirm`.
     Confirm,
+    /// `drhost run --resume` found a mutating step interrupted with calls
+    /// of unknown effect: re-run it?
+    Resume,
     /// The plugin called `operator.ask`: the answer is a line of text.
     Text,
 }
@@ -184,13 +187,13 @@ impl ScriptedApprover {
 impl Approver for ScriptedApprover {
     async fn ask(&self, request: &ApprovalRequest) -> Approval {
         let scripted = match request.kind {
-            ApprovalKind::Step => self.approve_steps.map(|a| (a, None)),
+            ApprovalKind::Step | ApprovalKind::Resume => self.approve_steps.map(|a| (a, None)),
             ApprovalKind::Confirm => lock(&self.confirms).pop_front().map(|a| (a, None)),
             ApprovalKind::Text => lock(&self.answers).pop_front().map(|t| (true, Some(t))),
         };
         match scripted {
             Some((approved, text)) => {
-                if request.kind != ApprovalKind::Step {
+                if !matches!(request.kind, ApprovalKind::Step | ApprovalKind::Resume) {
                     crate::sim::sleep(self.think_time).await;
                 }
                 Approval {

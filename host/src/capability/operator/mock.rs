@@ -39,6 +39,11 @@ impl MockNotify {
         }
     }
 
+    /// Loads messages delivered before a resumed run's interruption.
+    pub fn load_sent(&self, sent: Vec<(String, String)>) {
+        *lock(&self.sent) = sent;
+    }
+
     /// Messages delivered, as (channel, message).
     pub fn sent(&self) -> Vec<(String, String)> {
         lock(&self.sent).clone()

@@ -54,7 +54,7 @@ pub struct DatabaseFixture {
     pub stays_corrupt: bool,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, Deserialize)]
 struct Database {
     healthy: bool,
     corruption: String,
@@ -131,6 +131,23 @@ impl MockPostgres {
             faults,
             log,
         })
+    }
+
+    /// The simulated server's databases, for a resumed run (see
+    /// [`crate::fixture::MockEnv::world`]).
+    pub fn world(&self) -> serde_json::Value {
+        serde_json::to_value(&*lock(&self.databases)).unwrap_or_default()
+    }
+
+    /// Loads what [`MockPostgres::world`] saved.
+    ///
+    /// # Errors
+    /// A message naming the malformed part.
+    pub fn load_world(&self, world: &serde_json::Value) -> Result<(), String> {
+        let databases: BTreeMap<String, Database> =
+            serde_json::from_value(world.clone()).map_err(|e| format!("postgres: {e}"))?;
+        *lock(&self.databases) = databases;
+        Ok(())
     }
 
     /// State of a simulated database (for tests).

@@ -74,8 +74,12 @@ impl Host for PluginCtx {
                 phases: Vec::new(),
             })
         };
-        self.call(op, b.restore(&database, &bucket, &key), Some(Box::pin(dry)))
-            .await
+        self.call_retrying(
+            op,
+            || b.restore(&database, &bucket, &key),
+            Some(Box::pin(dry)),
+        )
+        .await
     }
 
     async fn integrity_check(
@@ -86,7 +90,8 @@ impl Host for PluginCtx {
         let op = Op::PgIntegrityCheck {
             database: &database,
         };
-        self.call(op, b.integrity_check(&database), None).await
+        self.call_retrying(op, || b.integrity_check(&database), None)
+            .await
     }
 
     async fn query(
@@ -99,7 +104,8 @@ impl Host for PluginCtx {
             database: &database,
             sql: &sql,
         };
-        self.call(op, b.query(&database, &sql), None).await
+        self.call_retrying(op, || b.query(&database, &sql), None)
+            .await
     }
 
     async fn terminate_connections(
@@ -111,7 +117,11 @@ impl Host for PluginCtx {
             database: &database,
         };
         let dry = async { Ok(0) };
-        self.call(op, b.terminate_connections(&database), Some(Box::pin(dry)))
-            .await
+        self.call_retrying(
+            op,
+            || b.terminate_connections(&database),
+            Some(Box::pin(dry)),
+        )
+        .await
     }
 }

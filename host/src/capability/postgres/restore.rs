@@ -521,12 +521,25 @@ async fn restore_backup(
 
     progress.set_phase("swap");
     let swap_started = Instant::now();
+    // An earlier attempt of this very run already swapped (the host died
+    // before recording it, and the resumed run executed the restore
+    // again): the original is already kept, and the database in place is
+    // that attempt's restore, which this one supersedes.
+    let already_kept: bool = admin
+        .query_one(
+            "SELECT exists(SELECT 1 FROM pg_database WHERE datname = $1)",
+            &[&kept],
+        )
+        .await
+        .map_err(sql_err("checking", kept.clone()))?
+        .get(0);
+    let superseded = derived_name(target, &format!("_superseded_{}", options.run_id));
     let mut swap = String::from("BEGIN;");
     if exists {
         swap.push_str(&format!(
             "ALTER DATABASE {} RENAME TO {};",
             quote_ident(target),
-            quote_ident(&kept)
+            quote_ident(if already_kept { &superseded } else { &kept })
         ));
     }
     swap.push_str(&format!(
@@ -565,8 +578,20 @@ async fn restore_backup(
         }
     }
     cleanup.database = None;
-    let mut kept_as = exists.then(|| kept.clone());
-    if exists && !options.keep_previous {
+    if exists && already_kept {
+        admin
+            .batch_execute(&format!(
+                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                quote_ident(&superseded)
+            ))
+            .await
+            .map_err(sql_err(
+                "dropping an earlier attempt's restore",
+                superseded.clone(),
+            ))?;
+    }
+    let mut kept_as = (exists || already_kept).then(|| kept.clone());
+    if (exists || already_kept) && !options.keep_previous {
         admin
             .batch_execute(&format!(
                 "DROP DATABASE {} WITH (FORCE)",

@@ -14,7 +14,12 @@ impl Guest for FsAccess {
             summary: "Test plugin: reads a host file, which the sandbox must not allow.".into(),
             rto_ms: 1_000,
             params: vec![param("path", "File to read.", Some("/etc/hostname"))],
-            steps: vec![step("read-file", "Read a file from the host", 1_000, false)],
+            steps: vec![step(
+                "read-file",
+                "Read a file from the host",
+                1_000,
+                StepKind::Reads,
+            )],
         }
     }
 

@@ -39,12 +39,12 @@ impl Guest for Misbehave {
                 ),
             ],
             steps: vec![
-                step("misbehave", "Misbehave as told", 500, false),
+                step("misbehave", "Misbehave as told", 500, StepKind::Reads),
                 step(
                     "after",
                     "Harmless step after the misbehaviour",
                     1_000,
-                    false,
+                    StepKind::Reads,
                 ),
             ],
         }

@@ -62,7 +62,12 @@ impl Guest for Prober {
             summary: "Test plugin: makes the capability calls its `calls` parameter lists.".into(),
             rto_ms: 60_000,
             params: vec![param("calls", "One call per line: op|arg|arg...", Some(""))],
-            steps: vec![step("probe", "Make the listed calls", 30_000, true)],
+            steps: vec![step(
+                "probe",
+                "Make the listed calls",
+                30_000,
+                StepKind::Mutates,
+            )],
         }
     }
 
