@@ -17,7 +17,7 @@ use std::time::Instant;
 use drhost::audit::{EventKind, read_records};
 use drhost_tests::crash::{
     CRASH_POINTS, Rng, assert_no_double_execution, assert_nothing_lost, before_crash, run_id,
-    the_log,
+    stderr_of, the_log,
 };
 use drhost_tests::{drhost_bin, repo_root};
 
@@ -118,7 +118,11 @@ async fn fifty_crash_points_on_a_simulation_resume_to_a_recovered_world() {
         let point = format!("crash point {iteration} (SIGKILL after {kill_at:?} of ~{full:?})");
         let mut child = drhost(&audit, &cache, None).spawn().expect("spawn drhost");
         if let Ok(status) = tokio::time::timeout(kill_at, child.wait()).await {
-            assert!(status.expect("wait").success(), "{point}: the run failed");
+            let err = stderr_of(&mut child).await;
+            assert!(
+                status.expect("wait").success(),
+                "{point}: the run failed:\n{err}"
+            );
             continue;
         }
         child.start_kill().expect("SIGKILL");

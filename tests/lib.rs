@@ -230,6 +230,16 @@ pub mod crash {
             .find(|p| p.to_string_lossy().ends_with(".audit.jsonl"))
     }
 
+    /// What a finished child wrote to its (piped) stderr.
+    pub async fn stderr_of(child: &mut tokio::process::Child) -> String {
+        use tokio::io::AsyncReadExt;
+        let mut err = String::new();
+        if let Some(mut e) = child.stderr.take() {
+            let _ = e.read_to_string(&mut err).await;
+        }
+        err
+    }
+
     /// The run id of an audit log path.
     pub fn run_id(log: &Path) -> String {
         log.file_name()

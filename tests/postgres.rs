@@ -1261,7 +1261,7 @@ mod crash_battery {
     use drhost::audit::EventKind;
     use drhost_tests::crash::{
         CRASH_POINTS, Rng, assert_no_double_execution, assert_nothing_lost, before_crash,
-        executed_outcome, run_id, the_log,
+        executed_outcome, run_id, stderr_of, the_log,
     };
     use drhost_tests::fake_kube::{FakeKube, deployment};
     use std::time::{Duration, Instant};
@@ -1427,7 +1427,11 @@ mod crash_battery {
             let finished = tokio::time::timeout(kill_at, child.wait()).await;
             if let Ok(status) = finished {
                 // The run ended before the kill: not a crash point.
-                assert!(status.expect("wait").success(), "{point}: the run failed");
+                let err = stderr_of(&mut child).await;
+                assert!(
+                    status.expect("wait").success(),
+                    "{point}: the run failed:\n{err}"
+                );
                 continue;
             }
             child.start_kill().expect("SIGKILL");

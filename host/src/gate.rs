@@ -1,18 +1,20 @@
 //! The gate: the one path every capability call takes.
 //!
 //! ```text
-//! policy check -> audit intent (fsynced before a mutation) -> dry-run
-//! interception -> per-call timeout -> backend -> audit outcome
+//! policy check -> idempotency key (mutations) -> replay (resumed runs)
+//! -> audit intent (fsynced before a mutation) -> dry-run interception
+//! -> per-call timeout -> backend [-> retry, see crate::retry] -> audit outcome
 //! ```
 //!
 //! Architecture invariant: no capability reaches a backend except through
-//! [`Gate::call`]; the host implementations in [`crate::capability`] only
-//! build an [`Op`] and two futures (the real call, and for mutations the
-//! dry-run simulation). A denied call never polls either future.
+//! [`Gate::call`] / [`Gate::call_retrying`]; the host implementations in
+//! [`crate::capability`] only build an [`Op`] and two futures (the real
+//! call, or a closure making it per attempt, and for mutations the dry-run
+//! simulation). A denied call never polls either future.
 //!
-//! The gate does not retry (retries belong to backends, inside the budget)
-//! and does not time out a step (the runner does): it bounds each call by
-//! the per-call timeout and by what is left of the step's budget.
+//! The gate does not time out a step (the runner does): it bounds each call
+//! by the per-call timeout and by what is left of the step's budget, and
+//! retries only when the delay fits in what is left of the budget and RTO.
 //!
 //! An audit write that fails is a trap, not a `cap-error`: nothing may
 //! happen that the audit trail does not show.
@@ -644,8 +646,11 @@ impl Gate {
                 ))),
             };
             let Err(e) = &result else { break result };
-            let Some(b) = backoff.filter(|b| crate::retry::is_retryable(e) && attempt < b.attempts)
-            else {
+            let Some(b) = backoff.filter(|b| {
+                crate::retry::is_retryable(e)
+                    && !crate::retry::backend_retried(e)
+                    && attempt < b.attempts
+            }) else {
                 break result;
             };
             let delay = b.delay(attempt, self.jitter.next());

@@ -410,7 +410,10 @@ impl TargetLease for PgLease {
                 None => (0, String::new(), "?".into()),
             };
             let holder = parse_application_name(&app, &start);
-            if !break_lease {
+            // An earlier process of this very run (killed, then resumed
+            // before the server noticed): its lease is ours to take over.
+            let own = holder.run_id == me.run_id;
+            if !break_lease && !own {
                 return Err(LeaseError::Held {
                     target: self.target(),
                     holder,
@@ -436,7 +439,11 @@ impl TargetLease for PgLease {
                 )
                 .await
                 .map_err(|e| self.fail(e))?;
-            taken = Taken::Broken(holder);
+            taken = if own {
+                Taken::Expired(holder)
+            } else {
+                Taken::Broken(holder)
+            };
         }
         *lock(&self.session) = Some(client);
         Ok(taken)

@@ -13,6 +13,12 @@
 //!   [`crate::gate`]). Never retried: `k8s.rollout-undo` (twice is two
 //!   revisions back), `operator.notify` (twice is two pages), questions to
 //!   the operator, and host-internal calls.
+//! - **One layer**: the Kubernetes and S3 backends retry transient
+//!   failures themselves (with protocol knowledge: a 409 re-read, a ranged
+//!   resume, `Retry-After`) and say so in the error they give up with; the
+//!   gate does not retry those again ([`backend_retried`]). Its retries
+//!   cover the backends that do not retry (PostgreSQL, health checks, the
+//!   simulations) and failures a backend passed on at once.
 //! - **How long**: exponential backoff with equal jitter (half the delay
 //!   fixed, half random), capped, per class (`[retries]` in the runbook
 //!   config); a retry is attempted only if its delay fits in what is left
@@ -115,6 +121,18 @@ impl RetryPolicy {
 /// Whether an error may go away on its own.
 pub fn is_retryable(e: &CapError) -> bool {
     matches!(e, CapError::Unavailable(_) | CapError::TimedOut(_))
+}
+
+/// What a backend that retries on its own appends to the error it gives
+/// up with: the Kubernetes backend (`(after N attempts)`, within its
+/// operation time box) and the S3 client (`(gave up after N retries)`).
+pub const BACKEND_GAVE_UP: [&str; 2] = [" attempts)", "(gave up after "];
+
+/// Whether the backend already retried this error itself: the gate does
+/// not multiply those attempts by its own (one retry layer per failure).
+pub fn backend_retried(e: &CapError) -> bool {
+    let m = e.message();
+    (m.contains("(after ") && m.ends_with(BACKEND_GAVE_UP[0])) || m.contains(BACKEND_GAVE_UP[1])
 }
 
 /// `[retries.reads]` / `[retries.mutations]` as written.
@@ -223,7 +241,8 @@ mod tests {
             max: Duration::from_millis(350),
         };
         assert_eq!(b.delay(1, 0.0), Duration::from_millis(50));
-        assert_eq!(b.delay(1, 0.999_999), Duration::from_micros(99_999));
+        let top = b.delay(1, 0.999_999);
+        assert!(top > Duration::from_micros(99_990) && top < Duration::from_millis(100));
         assert_eq!(b.delay(2, 0.0), Duration::from_millis(100));
         assert_eq!(b.delay(3, 0.0), Duration::from_millis(175));
         assert_eq!(b.delay(30, 0.5), Duration::from_micros(262_500));
@@ -242,6 +261,19 @@ mod tests {
         ] {
             assert!(!is_retryable(&e), "{e:?}");
         }
+    }
+
+    #[test]
+    fn errors_a_backend_already_retried_are_recognised() {
+        assert!(backend_retried(&CapError::Unavailable(
+            "get deployment a/b: 503 (after 7 attempts)".into()
+        )));
+        assert!(backend_retried(&CapError::Unavailable(
+            "GET s3://b/k: 503 SlowDown (gave up after 5 retries)".into()
+        )));
+        assert!(!backend_retried(&CapError::Unavailable(
+            "connection refused".into()
+        )));
     }
 
     #[test]

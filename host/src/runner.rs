@@ -464,7 +464,11 @@ pub async fn run(
                 .args(json!({ "title": info.title, "budget_ms": budget.as_millis() as u64, "mutates": info.mutates })),
         )?;
         let step_started = Instant::now();
-        let lease_refusal = if info.mutates && !options.dry_run && !leases.taken {
+        // A resumed run takes its leases back at once (the dead process's
+        // are its own), so that they are released at its end even when
+        // only read-only steps are left.
+        let lease_refusal = if (info.mutates || options.resume) && !options.dry_run && !leases.taken
+        {
             leases
                 .take(&options, &me, &gate, observer.clone(), &info.id)
                 .await?

@@ -464,7 +464,12 @@ async fn restore_backup(
     let kept = derived_name(target, &format!("_before_{}", options.run_id));
     let progress = &options.progress;
 
-    let admin = connect(&options.admin, "maintenance database").await?;
+    // The session that holds the restore lock names the run, so that a
+    // resumed run can tell its own dead attempt from another run.
+    let me = format!("drhost restore {}", options.run_id);
+    let mut admin_config = options.admin.clone();
+    admin_config.application_name(&me);
+    let admin = connect(&admin_config, "maintenance database").await?;
     let locked: bool = admin
         .query_one(
             "SELECT pg_try_advisory_lock(hashtext('drhost-restore:' || $1))",
@@ -474,7 +479,7 @@ async fn restore_backup(
         .map_err(sql_err("locking", target.clone()))?
         .get(0);
     if !locked {
-        return Err(RestoreError::Busy(target.clone()));
+        take_over_own_lock(&admin, target, &me).await?;
     }
     let exists: bool = admin
         .query_one(
@@ -605,6 +610,79 @@ async fn restore_backup(
     outcome.kept_as = kept_as;
     progress.set_phase("done");
     Ok(outcome)
+}
+
+/// The restore lock of `target` is held. If its holder is an earlier
+/// attempt of this very run (its session is named `me`: the host died, or
+/// was killed, and the run was resumed before the server noticed), that
+/// session is ended and the lock taken; any other holder is another
+/// restore, refused as [`RestoreError::Busy`].
+async fn take_over_own_lock(
+    admin: &tokio_postgres::Client,
+    target: &String,
+    me: &str,
+) -> Result<(), RestoreError> {
+    let lock_err = || sql_err("locking", target.clone());
+    // The holder may end between our attempt and our look: a few rounds.
+    for _ in 0..20 {
+        let holder = admin
+            .query_opt(
+                "SELECT a.pid, coalesce(a.application_name, '') \
+                 FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid \
+                 WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1 \
+                   AND l.classid::bigint = ((hashtext('drhost-restore:' || $1)::bigint >> 32) & 4294967295) \
+                   AND l.objid::bigint = (hashtext('drhost-restore:' || $1)::bigint & 4294967295) \
+                   AND a.pid <> pg_backend_pid()",
+                &[target],
+            )
+            .await
+            .map_err(lock_err())?;
+        if let Some(row) = holder {
+            let (pid, app): (i32, String) = (row.get(0), row.get(1));
+            if app != me {
+                tracing::warn!(pid, holder = %app, "the restore lock is held by another session");
+                return Err(RestoreError::Busy(target.clone()));
+            }
+            tracing::warn!(
+                pid,
+                "ending the session of an earlier attempt of this run that still holds the restore lock"
+            );
+            admin
+                .execute("SELECT pg_terminate_backend($1)", &[&pid])
+                .await
+                .map_err(lock_err())?;
+            // The lock goes with the session; wait for it briefly.
+            admin
+                .batch_execute("SET lock_timeout = '10s'")
+                .await
+                .map_err(lock_err())?;
+            admin
+                .execute(
+                    "SELECT pg_advisory_lock(hashtext('drhost-restore:' || $1))",
+                    &[target],
+                )
+                .await
+                .map_err(lock_err())?;
+            admin
+                .batch_execute("RESET lock_timeout")
+                .await
+                .map_err(lock_err())?;
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let got: bool = admin
+            .query_one(
+                "SELECT pg_try_advisory_lock(hashtext('drhost-restore:' || $1))",
+                &[target],
+            )
+            .await
+            .map_err(lock_err())?
+            .get(0);
+        if got {
+            return Ok(());
+        }
+    }
+    Err(RestoreError::Busy(target.clone()))
 }
 
 /// Loads the backup into `new_db` and verifies it.
