@@ -271,8 +271,20 @@ impl RecoveryReport {
         let mut ages: BTreeMap<String, u64> = BTreeMap::new();
         let mut newest_seen: Option<String> = None;
         let mut restored: Option<String> = None;
+        let mut last_ms: u64 = 0;
         for r in records {
             let step = r.step.clone().unwrap_or_default();
+            // `drhost run --resume`: the step the host died in ended with
+            // the last record before it.
+            if r.event == EventKind::Note && r.operation.as_deref() == Some("resume") {
+                for s in report.steps.iter_mut().filter(|s| s.status == "running") {
+                    s.status = "interrupted".into();
+                    s.message = "the host stopped; the run was resumed".into();
+                    s.duration_ms = last_ms.saturating_sub(s.start_ms);
+                    s.over_budget = s.duration_ms > s.budget_ms;
+                }
+            }
+            last_ms = offset(r);
             let op = format!(
                 "{}.{}",
                 r.capability.as_deref().unwrap_or(""),
@@ -1107,6 +1119,12 @@ fn outcome_status(o: &Value) -> (String, String) {
             str_of(e, "message").unwrap_or_default(),
         );
     }
+    if o.get("unknown").and_then(Value::as_bool) == Some(true) {
+        return (
+            "unknown".into(),
+            "the host stopped after the intent and before the outcome; the run was resumed".into(),
+        );
+    }
     ("ok".into(), String::new())
 }
 
@@ -1183,5 +1201,9 @@ mod tests {
             "dry-run"
         );
         assert_eq!(outcome_status(&serde_json::json!({"ok":1})).0, "ok");
+        assert_eq!(
+            outcome_status(&serde_json::json!({"unknown": true})).0,
+            "unknown"
+        );
     }
 }

@@ -229,6 +229,9 @@ pub enum RestoreError {
         object: String,
         /// The server's message.
         message: String,
+        /// The connection was lost (closed, or the server ended the session
+        /// or shut down: SQLSTATE classes 08 and 57P): trying again may work.
+        lost_connection: bool,
     },
     /// Verification found a difference.
     #[error("verification of the restored database failed: {0}")]
@@ -253,6 +256,9 @@ impl RestoreError {
     pub fn is_unavailable(&self) -> bool {
         match self {
             RestoreError::Connect { .. } => true,
+            RestoreError::Sql {
+                lost_connection, ..
+            } => *lost_connection,
             RestoreError::PartialLeft { source, .. } => source.is_unavailable(),
             _ => false,
         }
@@ -288,10 +294,16 @@ fn sql_err(
                  (Debian: postgresql-<major>-<extension> or postgresql-contrib) or restore to a server that has it",
             );
         }
+        let lost_connection = e.is_closed()
+            || e.as_db_error().is_some_and(|db| {
+                let code = db.code().code();
+                code.starts_with("08") || code.starts_with("57P")
+            });
         RestoreError::Sql {
             phase,
             object,
             message,
+            lost_connection,
         }
     }
 }
