@@ -139,7 +139,7 @@ enum Command {
         /// Continue the interrupted run RUN_ID (its audit log in --audit-dir) after its last
         /// completed step: same plugin (sha256) and parameters; completed calls are replayed,
         /// not executed again. `drhost runs` lists the runs.
-        #[arg(long, value_name = "RUN_ID")]
+        #[arg(long, value_name = "RUN_ID", conflicts_with = "dry_run")]
         resume: Option<String>,
     },
     /// List the runs in an audit directory with their status (completed, stopped, interrupted).
