@@ -28,7 +28,7 @@
 //!             summary: "Scales the backend to 0 and back.".into(),
 //!             rto_ms: 10 * MINUTE_MS,
 //!             params: vec![param("namespace", "Kubernetes namespace", Some("default"))],
-//!             steps: vec![step("bounce", "Bounce the backend", 2 * MINUTE_MS, true)],
+//!             steps: vec![step("bounce", "Bounce the backend", 2 * MINUTE_MS, StepKind::Mutates)],
 //!         }
 //!     }
 //!

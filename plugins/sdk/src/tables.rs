@@ -134,8 +134,13 @@ mod tests {
         assert_eq!(
             infos,
             vec![
-                step("stop", "Stop the services", 2 * MINUTE_MS, true),
-                step("verify", "Verify", 10 * MINUTE_MS, false)
+                step(
+                    "stop",
+                    "Stop the services",
+                    2 * MINUTE_MS,
+                    StepKind::Mutates
+                ),
+                step("verify", "Verify", 10 * MINUTE_MS, StepKind::Reads)
             ]
         );
         assert_eq!(step_ids(STEPS), ["stop", "verify"]);
