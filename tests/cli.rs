@@ -393,6 +393,23 @@ fn describe_and_plan_show_steps_budgets_and_grants() {
         t.contains("every import is granted") && t.contains("needs approval"),
         "{t}"
     );
+    // Every part of a Kubernetes grant is shown, bundle contents included.
+    let out = drhost(
+        &[
+            "plan",
+            s(&repo_root().join("runbooks/cluster-failure.toml")),
+        ],
+        dir.path(),
+    );
+    let t = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{t}");
+    for want in [
+        "bundle kinds {\"ConfigMap\"",
+        "bundle namespaces {\"resume-screening\"}",
+        "secret sources {\"vault-resume-screening\"}",
+    ] {
+        assert!(t.contains(want), "plan lacks {want:?}:\n{t}");
+    }
     // A runbook that does not grant an import the plugin has: plan says so.
     let rb = drhost_tests::support::misbehave_runbook(dir.path(), "ok", "1s", false);
     let out = drhost(&["plan", s(&rb)], dir.path());

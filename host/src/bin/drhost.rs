@@ -1117,6 +1117,17 @@ async fn plan(engine: &DrEngine, runbook: &Path) -> Result<i32, Failure> {
             "    k8s: operations {:?}; deployments {:?}; bundles {:?}; secrets {:?}",
             k.operations, k.deployments, k.bundles, k.secrets
         );
+        // What a granted bundle may hold and where, and the secret sources
+        // the plugin may name: as much a part of the grant as the rest.
+        for (what, set) in [
+            ("bundle kinds", &k.kinds),
+            ("bundle namespaces", &k.namespaces),
+            ("secret sources", &k.secret_sources),
+        ] {
+            if !set.is_empty() {
+                println!("      {what} {set:?}");
+            }
+        }
     }
     if let Some(pg) = &g.postgres {
         println!(
