@@ -605,15 +605,10 @@ impl AuditWriter {
     /// The file cannot be read or written, or its chain does not verify
     /// ([`AuditError::Unresumable`], with the verify report).
     pub fn resume(path: &Path) -> Result<(Self, Vec<Record>, Option<PathBuf>), AuditError> {
-        let report = verify(path)?;
+        // Refuses anything but an intact chain or a torn last line.
+        let (records, report) = read_trusted(path)?;
         let mut torn = None;
-        if let Some(problem) = &report.problem {
-            if problem.kind != ProblemKind::TornLastLine || report.records == 0 {
-                return Err(AuditError::Unresumable {
-                    path: path.to_path_buf(),
-                    detail: report.to_string(),
-                });
-            }
+        if report.problem.is_some() {
             let bytes = fs::read(path).map_err(|source| AuditError::Read {
                 path: path.to_path_buf(),
                 source,
@@ -642,7 +637,6 @@ impl AuditWriter {
             }
             torn = Some(saved);
         }
-        let records = read_records(path)?;
         let Some(last) = records.last() else {
             return Err(AuditError::Unresumable {
                 path: path.to_path_buf(),
