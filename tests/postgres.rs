@@ -262,7 +262,8 @@ mod restore {
     }
 
     /// What breaks naive restorers, on top of [`SCHEMA`]: a partitioned
-    /// table, a standalone sequence with a set value, a one-column table
+    /// table (with a unique constraint, which its partitions inherit),
+    /// unique constraints with quoted names and with INCLUDE columns, a standalone sequence with a set value, a one-column table
     /// with empty strings (empty COPY lines), quoted mixed-case names in a
     /// second schema, a view over a join, comments, and a table big enough
     /// (several MiB of COPY text) to be split across load connections.
@@ -280,6 +281,9 @@ INSERT INTO blanks VALUES (''), (''), (NULL), ('\.'), (E'\\.');
 CREATE TABLE events (id bigint PRIMARY KEY, at timestamptz NOT NULL, kind text NOT NULL, payload jsonb, note text);
 CREATE INDEX events_kind_at ON events (kind, at);
 ALTER TABLE screenings ADD CONSTRAINT score_range CHECK (score >= 0);
+ALTER TABLE "Ops"."Audit Log" ADD CONSTRAINT "Audit ""When"" (unique)" UNIQUE (amount, "When");
+ALTER TABLE measurements ADD CONSTRAINT measurements_peak UNIQUE (logdate, peak);
+ALTER TABLE events ADD CONSTRAINT events_kind_id UNIQUE (kind, id) INCLUDE (at);
 CREATE VIEW "Ops"."Candidate Scores" AS SELECT c."Full Name", s.score FROM "Candidates" c JOIN screenings s ON s.candidate_id = c.id;
 COMMENT ON COLUMN "Ops"."Audit Log"."What" IS 'what happened; "quoted" and $$dollars$$';
 INSERT INTO "Ops"."Audit Log" SELECT timestamptz '2026-01-01' + g * interval '1 minute', 'event ' || g || E'\twith tab', g * 1.5 FROM generate_series(1, 2000) g;

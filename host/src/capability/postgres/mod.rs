@@ -6,6 +6,7 @@ pub mod checks;
 pub mod live;
 pub mod mock;
 pub mod plain;
+mod post_data;
 pub mod restore;
 pub mod source;
 

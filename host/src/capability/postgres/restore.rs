@@ -10,7 +10,9 @@
 //!     data        N connections (below)        SET/set_config replayed on all N;
 //!     sequences   1 connection                 COPY blocks on N connections,
 //!     post-data   N connections, dependency    a barrier before the next statement
-//!                 order, no two on one table
+//!                 order; index builds share a
+//!                 table, constraints have it
+//!                 alone (post_data.rs)
 //!     comments, privileges  1 connection
 //! verify      every table with data loaded; the runbook's validation queries
 //! swap        terminate sessions on <db>; one transaction:
@@ -68,6 +70,7 @@ use tokio_postgres::{Client, CopyInSink, NoTls};
 use super::archive::{DataOffset, Header};
 use super::archive::{Section, TocEntry};
 use super::checks::{QueryLimits, Validation};
+use super::post_data::HeldLocks;
 use super::source::{CHANNEL_DEPTH, CopyTarget, Msg, RangeRead, SourceError};
 
 pub use tokio_postgres::Config;
@@ -1144,20 +1147,6 @@ impl Loader {
         toc: &[TocEntry],
         post: &[&TocEntry],
     ) -> Result<(), RestoreError> {
-        let by_id: HashMap<i32, &TocEntry> = toc.iter().map(|e| (e.dump_id, e)).collect();
-        let index_of: HashMap<i32, usize> = post
-            .iter()
-            .enumerate()
-            .map(|(i, e)| (e.dump_id, i))
-            .collect();
-        let tables_of = |e: &TocEntry| -> Vec<i32> {
-            e.dependencies
-                .iter()
-                .filter_map(|d| by_id.get(d))
-                .filter(|d| d.desc == "TABLE")
-                .map(|d| d.dump_id)
-                .collect()
-        };
         // Bytes loaded per TABLE (through its TABLE DATA entry).
         let mut table_bytes: HashMap<i32, u64> = HashMap::new();
         for e in toc.iter().filter(|e| e.desc == "TABLE DATA") {
@@ -1166,38 +1155,12 @@ impl Loader {
                 *table_bytes.entry(*d).or_default() += bytes;
             }
         }
-        let jobs: Vec<PostJob> = post
-            .iter()
-            .map(|e| {
-                let deps: Vec<usize> = e
-                    .dependencies
-                    .iter()
-                    .filter_map(|d| index_of.get(d).copied())
-                    .collect();
-                let mut locks = tables_of(e);
-                for d in &deps {
-                    locks.extend(tables_of(post[*d]));
-                }
-                locks.sort_unstable();
-                locks.dedup();
-                let weight = locks
-                    .iter()
-                    .map(|t| table_bytes.get(t).copied().unwrap_or(0))
-                    .sum();
-                PostJob {
-                    weight,
-                    sql: Arc::from(e.defn.as_str()),
-                    object: toc_object(e),
-                    deps,
-                    locks,
-                }
-            })
-            .collect();
+        let jobs = super::post_data::plan(toc, post, &table_bytes, toc_object);
         let mut state = vec![JobState::Waiting; jobs.len()];
         let mut free = std::mem::take(&mut self.workers);
         let mut running: JoinSet<(usize, Client, Result<(), tokio_postgres::Error>)> =
             JoinSet::new();
-        let mut held: HashSet<i32> = HashSet::new();
+        let mut held = HeldLocks::default();
         let mut done = 0;
         while done < jobs.len() {
             while !free.is_empty() {
@@ -1205,13 +1168,13 @@ impl Loader {
                     .filter(|&j| {
                         state[j] == JobState::Waiting
                             && jobs[j].deps.iter().all(|&d| state[d] == JobState::Done)
-                            && jobs[j].locks.iter().all(|t| !held.contains(t))
+                            && held.admits(&jobs[j])
                     })
                     .max_by_key(|&j| (jobs[j].weight, std::cmp::Reverse(j)));
                 let Some(j) = ready else { break };
                 let Some(client) = free.pop() else { break };
                 state[j] = JobState::Running;
-                held.extend(jobs[j].locks.iter().copied());
+                held.take(&jobs[j]);
                 let sql = jobs[j].sql.clone();
                 running.spawn(async move {
                     let r = client.batch_execute(&sql).await;
@@ -1231,9 +1194,7 @@ impl Loader {
                 .map_err(|e| RestoreError::Verify(format!("a post-data task failed: {e}")))?;
             result.map_err(sql_err("post-data", jobs[j].object.clone()))?;
             state[j] = JobState::Done;
-            for t in &jobs[j].locks {
-                held.remove(t);
-            }
+            held.release(&jobs[j]);
             free.push(client);
             done += 1;
         }
@@ -1333,15 +1294,6 @@ enum JobState {
     Waiting,
     Running,
     Done,
-}
-
-struct PostJob {
-    /// Bytes of the tables it works on.
-    weight: u64,
-    sql: Arc<str>,
-    object: String,
-    deps: Vec<usize>,
-    locks: Vec<i32>,
 }
 
 /// How the loader gets a custom archive's table data.
