@@ -76,6 +76,71 @@ pub fn repo_root() -> PathBuf {
         .to_path_buf()
 }
 
+/// PostgreSQL client tools for the real-backend tests: the server is
+/// PGHOST/PGUSER (default 127.0.0.1, postgres; PGPORT as libpq reads it), and
+/// a failure says what to install or start instead of being skipped.
+pub mod pg {
+    use std::process::Command;
+
+    /// PGHOST, or 127.0.0.1.
+    pub fn host() -> String {
+        std::env::var("PGHOST").unwrap_or_else(|_| "127.0.0.1".into())
+    }
+
+    /// PGUSER, or postgres.
+    pub fn user() -> String {
+        std::env::var("PGUSER").unwrap_or_else(|_| "postgres".into())
+    }
+
+    /// `cmd` with PGHOST and PGUSER set.
+    pub fn env(cmd: &mut Command) -> &mut Command {
+        cmd.env("PGHOST", host()).env("PGUSER", user())
+    }
+
+    /// Runs a PostgreSQL client tool; panics with its message on failure.
+    pub fn run(program: &str, args: &[&str]) -> Vec<u8> {
+        let out = env(&mut Command::new(program))
+            .args(args)
+            .output()
+            .unwrap_or_else(|e| {
+                panic!("cannot run {program}: {e}; install the PostgreSQL client tools (Debian: postgresql-client)")
+            });
+        assert!(
+            out.status.success(),
+            "{program} {args:?} failed: {}\n(is PostgreSQL running on 127.0.0.1:5432 with trust auth? `.ci/run` starts it; or set PGHOST/PGPORT/PGUSER)",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out.stdout
+    }
+
+    /// `psql -c SQL` on `db`, stopping at the first error; its raw output.
+    pub fn psql(db: &str, sql: &str) -> Vec<u8> {
+        run(
+            "psql",
+            &["-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", db, "-c", sql],
+        )
+    }
+
+    /// `psql -At -c SQL` on `db`: unaligned rows without headers, trimmed.
+    pub fn psql_at(db: &str, sql: &str) -> String {
+        let out = run(
+            "psql",
+            &[
+                "-X",
+                "-q",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-At",
+                "-d",
+                db,
+                "-c",
+                sql,
+            ],
+        );
+        String::from_utf8_lossy(&out).trim().to_owned()
+    }
+}
+
 /// Helpers shared by the integration tests: an engine, a misbehave runbook
 /// and fixture in a temp dir, and a run of a plugin against mocks.
 pub mod support {

@@ -13,41 +13,12 @@ use drhost::capability::postgres::archive::{
     BackupFormat, Compression, CustomArchive, Section, sniff, strip_copy_terminator,
 };
 use drhost::capability::postgres::restore::Config;
-
-fn pg_env(cmd: &mut Command) -> &mut Command {
-    let host = std::env::var("PGHOST").unwrap_or_else(|_| "127.0.0.1".into());
-    let user = std::env::var("PGUSER").unwrap_or_else(|_| "postgres".into());
-    cmd.env("PGHOST", host).env("PGUSER", user)
-}
-
-fn run(program: &str, args: &[&str]) -> Vec<u8> {
-    let out = pg_env(&mut Command::new(program))
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| {
-            panic!("cannot run {program}: {e}; install the PostgreSQL client tools (Debian: postgresql-client)")
-        });
-    assert!(
-        out.status.success(),
-        "{program} {args:?} failed: {}\n(is PostgreSQL running on 127.0.0.1:5432 with trust auth? `.ci/run` starts it; or set PGHOST/PGPORT/PGUSER)",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out.stdout
-}
-
-fn psql(db: &str, sql: &str) -> Vec<u8> {
-    run(
-        "psql",
-        &["-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", db, "-c", sql],
-    )
-}
+use drhost_tests::pg::{self, env as pg_env, psql, run};
 
 /// Connection settings for the maintenance database, from PGHOST/PGUSER/PGPORT.
 fn admin() -> Config {
-    let host = std::env::var("PGHOST").unwrap_or_else(|_| "127.0.0.1".into());
-    let user = std::env::var("PGUSER").unwrap_or_else(|_| "postgres".into());
     let mut c = Config::new();
-    c.host(&host).user(&user).dbname("postgres");
+    c.host(pg::host()).user(pg::user()).dbname("postgres");
     if let Ok(port) = std::env::var("PGPORT") {
         c.port(port.parse().expect("PGPORT is a number"));
     }
@@ -972,8 +943,8 @@ CREATE INDEX candidates_id_flip ON candidates (id flip_ops);
             "{runbook_text}\n[backends.postgres]\nhost = \"{}\"\nuser = \"{}\"\njobs = 2\n\n\
              [[backends.postgres.validations]]\nname = \"candidates present\"\nsql = \"SELECT count(*) FROM candidates\"\n\n\
              [backends.object_store]\nendpoint = \"{}\"\npath_style = true\n",
-            std::env::var("PGHOST").unwrap_or_else(|_| "127.0.0.1".into()),
-            std::env::var("PGUSER").unwrap_or_else(|_| "postgres".into()),
+            pg::host(),
+            pg::user(),
             s3.endpoint
         );
         Scene {
@@ -1189,11 +1160,9 @@ CREATE INDEX candidates_id_flip ON candidates (id flip_ops);
         for (k, v) in s3.env() {
             cmd.env(k, v);
         }
-        let host = std::env::var("PGHOST").unwrap_or_else(|_| "127.0.0.1".into());
-        let user = std::env::var("PGUSER").unwrap_or_else(|_| "postgres".into());
         let out = cmd
-            .env("PGHOST", host)
-            .env("PGUSER", user)
+            .env("PGHOST", pg::host())
+            .env("PGUSER", pg::user())
             .output()
             .await
             .expect("run drhost");
@@ -1343,9 +1312,7 @@ mod crash_battery {
             for (k, v) in self.scene.s3.env() {
                 cmd.env(k, v);
             }
-            let host = std::env::var("PGHOST").unwrap_or_else(|_| "127.0.0.1".into());
-            let user = std::env::var("PGUSER").unwrap_or_else(|_| "postgres".into());
-            cmd.env("PGHOST", host).env("PGUSER", user);
+            cmd.env("PGHOST", pg::host()).env("PGUSER", pg::user());
             cmd
         }
 

@@ -19,43 +19,11 @@ use std::time::Duration;
 use serde_json::Value;
 
 use drhost_tests::fake_kube::{FakeKube, deployment};
+use drhost_tests::pg::{self, psql_at as psql};
 use drhost_tests::s3_server::S3Server;
 use drhost_tests::{drhost_bin, plugin, repo_root};
 
 const BUCKET: &str = "resume-screening-backups";
-
-fn pg_host() -> String {
-    std::env::var("PGHOST").unwrap_or_else(|_| "127.0.0.1".into())
-}
-fn pg_user() -> String {
-    std::env::var("PGUSER").unwrap_or_else(|_| "postgres".into())
-}
-
-/// Runs `psql -c SQL` on `db`; panics with the server's message on failure.
-fn psql(db: &str, sql: &str) -> String {
-    let out = Command::new("psql")
-        .env("PGHOST", pg_host())
-        .env("PGUSER", pg_user())
-        .args([
-            "-X",
-            "-q",
-            "-v",
-            "ON_ERROR_STOP=1",
-            "-At",
-            "-d",
-            db,
-            "-c",
-            sql,
-        ])
-        .output()
-        .expect("psql is installed (PostgreSQL client; .ci/ensure-postgres)");
-    assert!(
-        out.status.success(),
-        "psql {db}: {sql}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_owned()
-}
 
 /// Databases named `prefix%`, dropped when the test ends.
 struct Databases(String);
@@ -69,9 +37,7 @@ impl Drop for Databases {
             ),
         );
         for name in names.lines().filter(|l| !l.is_empty()) {
-            let _ = Command::new("psql")
-                .env("PGHOST", pg_host())
-                .env("PGUSER", pg_user())
+            let _ = pg::env(&mut Command::new("psql"))
                 .args(["-X", "-q", "-d", "postgres", "-c"])
                 .arg(format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
                 .output();
@@ -166,9 +132,7 @@ async fn scene(tag: &str) -> Scene {
     );
     let dir = tempfile::tempdir().expect("tempdir");
     let dump = dir.path().join("backup.dump");
-    let out = Command::new("pg_dump")
-        .env("PGHOST", pg_host())
-        .env("PGUSER", pg_user())
+    let out = pg::env(&mut Command::new("pg_dump"))
         .args(["-Fc", "-f"])
         .arg(&dump)
         .arg(&source)
@@ -256,8 +220,8 @@ impl Scene {
              [backends.notify.channels.status-page]\nurl = \"http://{http}/hook\"\nallow_private = true\nrequired = true\n\n\
              [backends.notify.channels.security-incident]\nurl = \"http://{http}/hook\"\nallow_private = true\nrequired = true\n",
             manifests.display(),
-            pg_host(),
-            pg_user(),
+            pg::host(),
+            pg::user(),
             self.s3.endpoint
         )
     }
@@ -268,8 +232,8 @@ impl Scene {
         let mut cmd = tokio::process::Command::new(drhost_bin());
         cmd.args(args)
             .env("DRHOST_CACHE_DIR", self.dir.path().join("cache"))
-            .env("PGHOST", pg_host())
-            .env("PGUSER", pg_user())
+            .env("PGHOST", pg::host())
+            .env("PGUSER", pg::user())
             .stdin(std::process::Stdio::null());
         for (k, v) in self.s3.env() {
             cmd.env(k, v);
@@ -776,8 +740,8 @@ async fn a_database_locked_by_another_run_is_refused_and_break_lease_ends_its_se
     );
     // Another drhost run's session holds the database's run lock.
     let mut cfg = tokio_postgres::Config::new();
-    cfg.host(pg_host())
-        .user(pg_user())
+    cfg.host(pg::host())
+        .user(pg::user())
         .dbname("postgres")
         .application_name("drhost 20261201T200000Z-a11c alice@ops-3");
     let (holder, connection) = cfg.connect(tokio_postgres::NoTls).await.expect("connect");
