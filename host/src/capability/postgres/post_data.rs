@@ -54,12 +54,12 @@ pub(super) struct PostJob {
     pub mode: LockMode,
 }
 
-/// The jobs for the post-data entries `post` of `toc`; `table_bytes` is the
-/// data loaded per TABLE dump id.
+/// The jobs for the post-data entries `post` of `toc`; `data_sizes` is the
+/// COPY data loaded per TABLE DATA dump id (it weighs the tables).
 pub(super) fn plan(
     toc: &[TocEntry],
     post: &[&TocEntry],
-    table_bytes: &HashMap<i32, u64>,
+    data_sizes: &HashMap<i32, u64>,
     object_of: impl Fn(&TocEntry) -> String,
 ) -> Vec<PostJob> {
     let by_id: HashMap<i32, &TocEntry> = toc.iter().map(|e| (e.dump_id, e)).collect();
@@ -71,62 +71,45 @@ pub(super) fn plan(
             .map(|d| d.dump_id)
             .collect()
     };
-    // A split entry becomes two jobs; other jobs depending on it wait for
-    // the second (the constraint exists only then).
-    let mut jobs: Vec<PostJob> = Vec::with_capacity(post.len());
-    let mut job_of: HashMap<i32, usize> = HashMap::new();
-    let mut entry_jobs: Vec<(usize, Option<usize>)> = Vec::with_capacity(post.len());
-    for e in post {
-        let own = tables_of(e);
-        let ordinary_table = own.len() == 1
-            && by_id
-                .get(&own[0])
-                .is_some_and(|t| !t.defn.contains("PARTITION BY"));
-        let split = if e.desc == "CONSTRAINT" && ordinary_table {
-            split_unique_constraint(&e.defn)
-        } else {
-            None
-        };
-        let object = object_of(e);
-        let job = |sql: String, mode| PostJob {
-            weight: 0,
-            sql: Arc::from(sql),
-            object: object.clone(),
-            deps: Vec::new(),
-            locks: Vec::new(),
-            mode,
-        };
-        match split {
-            Some((build, attach)) => {
-                jobs.push(job(build, LockMode::Share));
-                jobs.push(job(attach, LockMode::Exclusive));
-                let last = jobs.len() - 1;
-                entry_jobs.push((last - 1, Some(last)));
-                job_of.insert(e.dump_id, last);
-            }
-            None => {
-                let mode = if e.desc == "INDEX" && own.len() == 1 {
-                    LockMode::Share
-                } else {
-                    LockMode::Exclusive
-                };
-                jobs.push(job(e.defn.clone(), mode));
-                entry_jobs.push((jobs.len() - 1, None));
-                job_of.insert(e.dump_id, jobs.len() - 1);
-            }
+    let mut table_bytes: HashMap<i32, u64> = HashMap::new();
+    for e in toc.iter().filter(|e| e.desc == "TABLE DATA") {
+        let bytes = data_sizes.get(&e.dump_id).copied().unwrap_or(0);
+        for d in &e.dependencies {
+            *table_bytes.entry(*d).or_default() += bytes;
         }
     }
-    for (e, &(first, second)) in post.iter().zip(&entry_jobs) {
+    let splits: Vec<Option<(String, String)>> = post
+        .iter()
+        .map(|e| {
+            let own = tables_of(e);
+            let ordinary_table = own.len() == 1
+                && by_id
+                    .get(&own[0])
+                    .is_some_and(|t| !t.defn.contains("PARTITION BY"));
+            (e.desc == "CONSTRAINT" && ordinary_table)
+                .then(|| split_unique_constraint(&e.defn))
+                .flatten()
+        })
+        .collect();
+    // The job that completes each entry: a split entry's second job (the
+    // constraint exists only then), which the jobs depending on it wait for.
+    let mut job_of: HashMap<i32, usize> = HashMap::new();
+    let mut next = 0;
+    for (e, split) in post.iter().zip(&splits) {
+        next += if split.is_some() { 2 } else { 1 };
+        job_of.insert(e.dump_id, next - 1);
+    }
+    let mut jobs: Vec<PostJob> = Vec::with_capacity(next);
+    for (e, split) in post.iter().zip(splits) {
+        let own = tables_of(e);
         let deps: Vec<usize> = e
             .dependencies
             .iter()
             .filter_map(|d| job_of.get(d).copied())
             .collect();
-        let mut locks = tables_of(e);
-        for d in &e.dependencies {
-            if let Some(dep) = by_id.get(d)
-                && job_of.contains_key(d)
-            {
+        let mut locks = own.clone();
+        for d in e.dependencies.iter().filter(|d| job_of.contains_key(d)) {
+            if let Some(dep) = by_id.get(d) {
                 locks.extend(tables_of(dep));
             }
         }
@@ -136,13 +119,28 @@ pub(super) fn plan(
             .iter()
             .map(|t| table_bytes.get(t).copied().unwrap_or(0))
             .sum();
-        for j in std::iter::once(first).chain(second) {
-            jobs[j].weight = weight;
-            jobs[j].locks = locks.clone();
-        }
-        jobs[first].deps = deps;
-        if let Some(second) = second {
-            jobs[second].deps = vec![first];
+        let job = |sql: String, deps: Vec<usize>, mode| PostJob {
+            weight,
+            sql: Arc::from(sql),
+            object: object_of(e),
+            deps,
+            locks: locks.clone(),
+            mode,
+        };
+        match split {
+            Some((build, adopt)) => {
+                let build_job = jobs.len();
+                jobs.push(job(build, deps, LockMode::Share));
+                jobs.push(job(adopt, vec![build_job], LockMode::Exclusive));
+            }
+            None => {
+                let mode = if e.desc == "INDEX" && own.len() == 1 {
+                    LockMode::Share
+                } else {
+                    LockMode::Exclusive
+                };
+                jobs.push(job(e.defn.clone(), deps, mode));
+            }
         }
     }
     jobs
@@ -339,7 +337,7 @@ mod tests {
 
     #[test]
     fn index_builds_share_a_table_and_constraints_have_it_alone() {
-        let toc = vec![
+        let mut toc = vec![
             entry(
                 1,
                 "TABLE",
@@ -377,9 +375,14 @@ mod tests {
                 &[2],
             ),
         ];
-        let post: Vec<&TocEntry> = toc.iter().filter(|e| e.desc != "TABLE").collect();
-        let bytes = HashMap::from([(1, 1000), (2, 10)]);
-        let jobs = plan(&toc, &post, &bytes, |e| e.tag.clone());
+        toc.push(entry(7, "TABLE DATA", "", &[1]));
+        toc.push(entry(8, "TABLE DATA", "", &[2]));
+        let post: Vec<&TocEntry> = toc
+            .iter()
+            .filter(|e| !e.desc.starts_with("TABLE"))
+            .collect();
+        let data_sizes = HashMap::from([(7, 1000), (8, 10)]);
+        let jobs = plan(&toc, &post, &data_sizes, |e| e.tag.clone());
         let sqls: Vec<&str> = jobs.iter().map(|j| &*j.sql).collect();
         assert_eq!(jobs.len(), 5, "{sqls:#?}");
         // The primary key of an ordinary table: a shared build, then the

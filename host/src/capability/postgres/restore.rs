@@ -1147,15 +1147,7 @@ impl Loader {
         toc: &[TocEntry],
         post: &[&TocEntry],
     ) -> Result<(), RestoreError> {
-        // Bytes loaded per TABLE (through its TABLE DATA entry).
-        let mut table_bytes: HashMap<i32, u64> = HashMap::new();
-        for e in toc.iter().filter(|e| e.desc == "TABLE DATA") {
-            let bytes = self.data_sizes.get(&e.dump_id).copied().unwrap_or(0);
-            for d in &e.dependencies {
-                *table_bytes.entry(*d).or_default() += bytes;
-            }
-        }
-        let jobs = super::post_data::plan(toc, post, &table_bytes, toc_object);
+        let jobs = super::post_data::plan(toc, post, &self.data_sizes, toc_object);
         let mut state = vec![JobState::Waiting; jobs.len()];
         let mut free = std::mem::take(&mut self.workers);
         let mut running: JoinSet<(usize, Client, Result<(), tokio_postgres::Error>)> =
